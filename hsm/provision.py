@@ -1,0 +1,268 @@
+"""``pli hsm init``: create the development token, its keys and certificates.
+
+Everything here is idempotent: a second run finds the token, the keys and the
+certificates and leaves them alone. The keys are EC P-256, generated inside
+the token as sensitive and non-extractable; certificates are built with
+``cryptography`` and signed by the token, so no private key ever exists
+outside it. The chain is a development chain, labelled non-qualified in its
+subject names; production imports the operator's qualified certificates.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import secrets
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pkcs11
+from asn1crypto import x509 as asn1_x509
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from pkcs11 import Attribute, KeyType, ObjectClass
+from pkcs11.util.ec import encode_ec_public_key, encode_named_curve_parameters
+
+from pli.hsm.token import ROOT_KEY_LABEL, SEAL_KEY_LABEL, Token, TokenConfig
+
+__all__ = ["initialise_token", "ROOT_CERT_FILE", "SEAL_CERT_FILE"]
+
+logger = logging.getLogger(__name__)
+
+ROOT_CERT_FILE = "root.pem"
+SEAL_CERT_FILE = "seal.pem"
+_VALIDITY = dt.timedelta(days=3 * 365)
+
+
+def initialise_token(config: TokenConfig) -> list[str]:
+    """Create whatever is missing; return a line per thing created."""
+    created: list[str] = []
+    config.hsm_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    created += _write_softhsm_conf(config)
+    created += _write_secret(config.pin_file, "user PIN")
+    created += _write_secret(config.hsm_dir / "so-pin", "security officer PIN")
+    config.activate()
+    created += _create_token(config)
+
+    token = Token(config)
+    try:
+        with token.session() as session:
+            for label in (ROOT_KEY_LABEL, SEAL_KEY_LABEL):
+                if not token.has_private_key(session, label):
+                    _generate_ec_key(session, label)
+                    created.append(f"key {label} (EC P-256, non-extractable)")
+        created += _issue_certificates(token, config)
+    finally:
+        token.close()
+    return created
+
+
+def _write_softhsm_conf(config: TokenConfig) -> list[str]:
+    if config.softhsm_conf.exists():
+        return []
+    tokens = config.hsm_dir / "tokens"
+    tokens.mkdir(parents=True, exist_ok=True, mode=0o700)
+    config.softhsm_conf.write_text(
+        f"directories.tokendir = {tokens.resolve()}\n"
+        "objectstore.backend = file\n"
+        "log.level = ERROR\n"
+        "slots.removable = false\n"
+    )
+    return [f"SoftHSM2 configuration {config.softhsm_conf}"]
+
+
+def _write_secret(path: Path, what: str) -> list[str]:
+    if path.exists() or (what == "user PIN" and os.environ.get("PLI_HSM_PIN")):
+        return []
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(secrets.token_hex(16) + "\n")
+    return [f"{what} file {path} (mode 0600)"]
+
+
+def _create_token(config: TokenConfig) -> list[str]:
+    lib = pkcs11.lib(config.module)
+    if any(t.label == config.token_label for t in lib.get_tokens()):
+        return []
+    so_pin = (config.hsm_dir / "so-pin").read_text().strip()
+    # softhsm2-util takes PINs only as arguments; they live for the few
+    # milliseconds of this development-only call.
+    subprocess.run(
+        [
+            "softhsm2-util",
+            "--init-token",
+            "--free",
+            "--label",
+            config.token_label,
+            "--so-pin",
+            so_pin,
+            "--pin",
+            config.pin(),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    pkcs11.lib(config.module).reinitialize()
+    return [f"SoftHSM2 token {config.token_label}"]
+
+
+def _generate_ec_key(session: Any, label: str) -> None:
+    params = session.create_domain_parameters(
+        KeyType.EC,
+        {Attribute.EC_PARAMS: encode_named_curve_parameters("secp256r1")},
+        local=True,
+    )
+    key_id = secrets.token_bytes(8)
+    params.generate_keypair(
+        store=True,
+        label=label,
+        id=key_id,
+        private_template={
+            Attribute.SENSITIVE: True,
+            Attribute.EXTRACTABLE: False,
+            Attribute.SIGN: True,
+        },
+    )
+    logger.info("key generated label=%s", label)
+
+
+def public_key_of(session: Any, label: str) -> ec.EllipticCurvePublicKey:
+    """Read the labelled EC public key out of the token."""
+    key = session.get_key(
+        object_class=ObjectClass.PUBLIC_KEY, key_type=KeyType.EC, label=label
+    )
+    return serialization.load_der_public_key(encode_ec_public_key(key))
+
+
+def _issue_certificates(token: Token, config: TokenConfig) -> list[str]:
+    config.certs_dir.mkdir(parents=True, exist_ok=True)
+    root_path = config.certs_dir / ROOT_CERT_FILE
+    seal_path = config.certs_dir / SEAL_CERT_FILE
+    created: list[str] = []
+    with token.session() as session:
+        root_public = public_key_of(session, ROOT_KEY_LABEL)
+        seal_public = public_key_of(session, SEAL_KEY_LABEL)
+
+    if not root_path.exists():
+        name = _name("pli development root CA (non-qualified)")
+        builder = _base_builder(name, name, root_public).add_extension(
+            x509.BasicConstraints(ca=True, path_length=0), critical=True
+        )
+        builder = builder.add_extension(
+            _key_usage(cert_sign=True), critical=True
+        ).add_extension(
+            x509.SubjectKeyIdentifier.from_public_key(root_public), critical=False
+        )
+        root = _sign_with_token(token, builder, ROOT_KEY_LABEL)
+        _store_certificate(token, root, ROOT_KEY_LABEL, root_path)
+        created.append(f"development root certificate {root_path}")
+
+    root = x509.load_pem_x509_certificate(root_path.read_bytes())
+    if not seal_path.exists():
+        builder = (
+            _base_builder(
+                _name("pli development seal (non-qualified)"),
+                root.subject,
+                seal_public,
+            )
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), True)
+            .add_extension(_key_usage(cert_sign=False), critical=True)
+            .add_extension(
+                x509.SubjectKeyIdentifier.from_public_key(seal_public), False
+            )
+            .add_extension(
+                x509.AuthorityKeyIdentifier.from_issuer_public_key(
+                    root.public_key()
+                ),
+                critical=False,
+            )
+        )
+        seal = _sign_with_token(token, builder, ROOT_KEY_LABEL)
+        _store_certificate(token, seal, SEAL_KEY_LABEL, seal_path)
+        created.append(f"development seal certificate {seal_path}")
+    return created
+
+
+def _name(common_name: str) -> x509.Name:
+    return x509.Name(
+        [
+            x509.NameAttribute(NameOID.COUNTRY_NAME, "FR"),
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "pli development"),
+            x509.NameAttribute(NameOID.COMMON_NAME, common_name),
+        ]
+    )
+
+
+def _key_usage(*, cert_sign: bool) -> x509.KeyUsage:
+    return x509.KeyUsage(
+        digital_signature=not cert_sign,
+        content_commitment=not cert_sign,
+        key_encipherment=False,
+        data_encipherment=False,
+        key_agreement=False,
+        key_cert_sign=cert_sign,
+        crl_sign=cert_sign,
+        encipher_only=False,
+        decipher_only=False,
+    )
+
+
+def _base_builder(
+    subject: x509.Name, issuer: x509.Name, public_key: ec.EllipticCurvePublicKey
+) -> x509.CertificateBuilder:
+    now = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    return (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer)
+        .public_key(public_key)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + _VALIDITY)
+    )
+
+
+def _sign_with_token(
+    token: Token, builder: x509.CertificateBuilder, key_label: str
+) -> x509.Certificate:
+    # cryptography cannot call out to a token to sign, so it signs the
+    # to-be-signed part with a throwaway key of the same algorithm; the token
+    # then signs those exact bytes and the throwaway signature is discarded.
+    scratch = builder.sign(ec.generate_private_key(ec.SECP256R1()), hashes.SHA256())
+    tbs = scratch.tbs_certificate_bytes
+    signature = token.sign_ecdsa_sha256(key_label, tbs)
+    certificate = asn1_x509.Certificate(
+        {
+            "tbs_certificate": asn1_x509.TbsCertificate.load(tbs),
+            "signature_algorithm": {"algorithm": "sha256_ecdsa"},
+            "signature_value": signature,
+        }
+    )
+    return x509.load_der_x509_certificate(certificate.dump())
+
+
+def _store_certificate(
+    token: Token, certificate: x509.Certificate, label: str, path: Path
+) -> None:
+    def store(session: Any) -> None:
+        key = session.get_key(object_class=ObjectClass.PRIVATE_KEY, label=label)
+        der = certificate.public_bytes(serialization.Encoding.DER)
+        session.create_object(
+            {
+                Attribute.CLASS: ObjectClass.CERTIFICATE,
+                Attribute.CERTIFICATE_TYPE: pkcs11.CertificateType.X_509,
+                Attribute.TOKEN: True,
+                Attribute.LABEL: label,
+                Attribute.ID: key[Attribute.ID],
+                Attribute.SUBJECT: certificate.subject.public_bytes(),
+                Attribute.VALUE: der,
+            }
+        )
+
+    token.run(store)
+    path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
