@@ -1,0 +1,141 @@
+"""The value objects of a deposit, and the checks that make them valid.
+
+Every check collects its problems instead of stopping at the first, so a
+frontend can show the sender everything wrong with a deposit at once.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from dataclasses import dataclass
+from enum import Enum, StrEnum
+
+from pli.domain.errors import FieldProblem
+
+__all__ = [
+    "MAX_NAME_LENGTH",
+    "Assurance",
+    "AttachmentRef",
+    "LetterKind",
+    "Party",
+    "check_email",
+    "check_name",
+]
+
+MAX_NAME_LENGTH = 200
+MAX_EMAIL_LENGTH = 254
+MAX_FILENAME_LENGTH = 255
+SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+# Deliberately plain: one @, a dot-atom-ish local part, a domain with a dot.
+# RFC 5322 allows more, but a registered letter must reach a real mailbox.
+EMAIL = re.compile(
+    r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
+    r"@([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,63}"
+)
+
+
+class LetterKind(StrEnum):
+    """The product a letter is deposited as; fixed at deposit."""
+
+    LRE = "LRE"  # qualified: eIDAS art. 44, CPCE L.100
+    ERE = "ERE"  # simple: eIDAS art. 43
+
+
+class Assurance(int, Enum):
+    """eIDAS levels of assurance (art. 8), ordered."""
+
+    LOW = 1
+    SUBSTANTIAL = 2
+    HIGH = 3
+
+
+def _has_control_characters(text: str) -> bool:
+    return any(unicodedata.category(ch) in ("Cc", "Cf", "Cs") for ch in text)
+
+
+def check_name(value: str, field: str) -> list[FieldProblem]:
+    """Problems with a person's or company's name."""
+    if not value.strip():
+        return [FieldProblem(field, "must not be empty")]
+    if len(value) > MAX_NAME_LENGTH:
+        return [FieldProblem(field, f"must be at most {MAX_NAME_LENGTH} characters")]
+    if _has_control_characters(value):
+        return [FieldProblem(field, "must not contain control characters")]
+    return []
+
+
+def check_email(value: str, field: str) -> list[FieldProblem]:
+    """Problems with an e-mail address."""
+    if not value:
+        return [FieldProblem(field, "must not be empty")]
+    if len(value) > MAX_EMAIL_LENGTH:
+        return [FieldProblem(field, f"must be at most {MAX_EMAIL_LENGTH} characters")]
+    local = value.partition("@")[0]
+    if not EMAIL.fullmatch(value) or len(local) > 64:
+        return [FieldProblem(field, "must be an e-mail address like name@example.fr")]
+    return []
+
+
+@dataclass(frozen=True)
+class Party:
+    """A sender or recipient: name (or company name) and e-mail address."""
+
+    name: str
+    email: str
+
+    def problems(self, field: str) -> list[FieldProblem]:
+        """Everything wrong with this party, fields prefixed by ``field``."""
+        return check_name(self.name, f"{field}.name") + check_email(
+            self.email, f"{field}.email"
+        )
+
+    def as_dict(self) -> dict[str, str]:
+        """The party as stored in an event."""
+        return {"name": self.name, "email": self.email}
+
+
+@dataclass(frozen=True)
+class AttachmentRef:
+    """An attachment as the event store knows it: stored content's digest."""
+
+    filename: str
+    media_type: str
+    size: int
+    sha256: str
+
+    def problems(self, field: str) -> list[FieldProblem]:
+        """Everything wrong with this attachment reference."""
+        found: list[FieldProblem] = []
+        name = self.filename
+        if not name.strip():
+            found.append(FieldProblem(f"{field}.filename", "must not be empty"))
+        elif len(name) > MAX_FILENAME_LENGTH or _has_control_characters(name):
+            found.append(
+                FieldProblem(
+                    f"{field}.filename",
+                    f"must be at most {MAX_FILENAME_LENGTH} printable characters",
+                )
+            )
+        elif "/" in name or "\\" in name or name in (".", ".."):
+            found.append(
+                FieldProblem(f"{field}.filename", "must be a file name, not a path")
+            )
+        if len(self.media_type) > 127 or _has_control_characters(self.media_type):
+            found.append(
+                FieldProblem(f"{field}.media_type", "must be a short media type")
+            )
+        if self.size < 0:
+            found.append(FieldProblem(f"{field}.size", "must not be negative"))
+        if not SHA256_HEX.fullmatch(self.sha256):
+            found.append(FieldProblem(f"{field}.sha256", "must be 64 hex digits"))
+        return found
+
+    def as_dict(self) -> dict[str, object]:
+        """The attachment reference as stored in an event."""
+        return {
+            "filename": self.filename,
+            "media_type": self.media_type,
+            "size": self.size,
+            "sha256": self.sha256,
+        }
