@@ -176,9 +176,7 @@ def _issue_certificates(token: Token, config: TokenConfig) -> list[str]:
                 x509.SubjectKeyIdentifier.from_public_key(seal_public), False
             )
             .add_extension(
-                x509.AuthorityKeyIdentifier.from_issuer_public_key(
-                    root.public_key()
-                ),
+                x509.AuthorityKeyIdentifier.from_issuer_public_key(root.public_key()),
                 critical=False,
             )
         )

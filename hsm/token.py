@@ -52,7 +52,7 @@ class TokenUnavailable(Exception):
 class TokenConfig:
     """Where the token is and how to log into it."""
 
-    home: Path
+    hsm_dir: Path
     module: str
     token_label: str
     pin_file: Path
@@ -61,19 +61,14 @@ class TokenConfig:
     @classmethod
     def from_env(cls, home: Path) -> TokenConfig:
         """Read the token settings from ``PLI_*`` environment variables."""
-        hsm_dir = home / "hsm"
+        hsm_dir = Path(os.environ.get("PLI_HSM_DIR", home / "hsm")).resolve()
         return cls(
-            home=home,
+            hsm_dir=hsm_dir,
             module=os.environ.get("PLI_PKCS11_MODULE", DEFAULT_MODULE),
             token_label=os.environ.get("PLI_TOKEN_LABEL", "pli"),
             pin_file=Path(os.environ.get("PLI_HSM_PIN_FILE", hsm_dir / "pin")),
             pin_from_env=os.environ.get("PLI_HSM_PIN") or None,
         )
-
-    @property
-    def hsm_dir(self) -> Path:
-        """Folder of the SoftHSM2 configuration, token files and certificates."""
-        return self.home / "hsm"
 
     @property
     def softhsm_conf(self) -> Path:
@@ -127,7 +122,12 @@ class Token:
         self.config.activate()
         lib = pkcs11.lib(self.config.module)
         token = lib.get_token(token_label=self.config.token_label)
-        session = token.open(user_pin=self.config.pin(), rw=True)
+        try:
+            session = token.open(user_pin=self.config.pin(), rw=True)
+        except pkcs11.UserAlreadyLoggedIn:
+            # PKCS#11 logins are per process: another session of this process
+            # (the PDF sealer's) already logged in, and a new session shares it.
+            session = token.open(rw=True)
         logger.info(
             "token session opened token=%s module=%s",
             self.config.token_label,

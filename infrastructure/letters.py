@@ -1,0 +1,267 @@
+"""The letters application: pli's commands on sealed, stored letters.
+
+It is an ``eventsourcing`` application, so it lives with the rest of the
+persistence machinery; the gRPC services, the processes and the audit all
+drive letters through it.
+
+Each command loads the letter from the sealed event store, asks the domain
+to decide, and saves the resulting events through the token. A concurrent
+writer makes the save fail on the letter's version; the command is then
+retried on the fresh history, so the domain rules (one decision, exactly one
+expiry) settle every race.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import logging
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+from uuid import NAMESPACE_URL, UUID, uuid5
+
+from eventsourcing.application import AggregateNotFoundError
+from eventsourcing.persistence import IntegrityError
+
+from pli.domain.clock import Clock
+from pli.domain.errors import FieldProblem, InvalidInput, RuleViolation
+from pli.domain.letter import Letter
+from pli.domain.values import Assurance, AttachmentRef, LetterKind, Party
+from pli.hsm.seal import EventSealer, SealVerifier
+from pli.infrastructure.content import ContentStore
+from pli.infrastructure.event_store import SealedApplication
+
+__all__ = [
+    "IdempotencyConflict",
+    "LetterApplication",
+    "LetterNotFound",
+    "NewAttachment",
+    "iso",
+    "letter_view",
+]
+
+logger = logging.getLogger(__name__)
+
+_IDEMPOTENCY_NAMESPACE = uuid5(NAMESPACE_URL, "urn:pli:deposit-idempotency-key")
+_IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,128}")
+_RETRIES = 5
+
+
+class LetterNotFound(Exception):
+    """No letter has this id."""
+
+
+class IdempotencyConflict(Exception):
+    """An idempotency key was reused with a different deposit request."""
+
+
+@dataclass(frozen=True)
+class NewAttachment:
+    """An attachment as the sender hands it over at deposit."""
+
+    filename: str
+    media_type: str
+    content: bytes
+
+
+def iso(moment: dt.datetime | None) -> str | None:
+    """A fixed-width UTC ISO 8601 form that sorts as text."""
+    if moment is None:
+        return None
+    return moment.astimezone(dt.UTC).isoformat(timespec="microseconds")
+
+
+def letter_view(letter: Letter) -> dict[str, Any]:
+    """The read-model row of a letter (``pli.infrastructure.views``)."""
+    return {
+        "letter_id": str(letter.id),
+        "kind": letter.kind.value,
+        "state": letter.state.value,
+        "version": letter.version,
+        "deposited_at": iso(letter.deposited_at),
+        "notified_at": iso(letter.notified_at),
+        "window_closes_at": iso(letter.window_closes_at),
+        "decided_at": iso(letter.decided_at),
+    }
+
+
+def _request_digest(
+    kind: LetterKind, sender: Party, recipient: Party, refs: list[AttachmentRef]
+) -> str:
+    canonical = {
+        "kind": kind.value,
+        "sender": sender.as_dict(),
+        "recipient": recipient.as_dict(),
+        "attachments": [r.as_dict() for r in refs],
+    }
+    encoded = json.dumps(canonical, sort_keys=True, ensure_ascii=False).encode()
+    return hashlib.sha256(encoded).hexdigest()
+
+
+class LetterApplication(SealedApplication):
+    """Deposit, notify, identify, accept, refuse, expire and hand over letters."""
+
+    name = "Letters"
+
+    def __init__(
+        self,
+        env: dict[str, str],
+        sealer: EventSealer,
+        verifier: SealVerifier,
+        clock: Clock,
+        content: ContentStore,
+    ) -> None:
+        super().__init__(env, sealer, verifier)
+        self.clock = clock
+        self.content = content
+
+    def deposit(
+        self,
+        *,
+        idempotency_key: str,
+        kind: LetterKind,
+        sender: Party,
+        recipient: Party,
+        attachments: list[NewAttachment],
+    ) -> tuple[Letter, bool]:
+        """Deposit a letter; return it and whether this call created it."""
+        if not _IDEMPOTENCY_KEY.fullmatch(idempotency_key):
+            raise InvalidInput(
+                [
+                    FieldProblem(
+                        "idempotency_key", "must be 1 to 128 printable ASCII characters"
+                    )
+                ]
+            )
+        refs = [
+            AttachmentRef(
+                filename=a.filename,
+                media_type=a.media_type or "application/octet-stream",
+                size=len(a.content),
+                sha256=hashlib.sha256(a.content).hexdigest(),
+            )
+            for a in attachments
+        ]
+        letter_id = uuid5(_IDEMPOTENCY_NAMESPACE, idempotency_key)
+        digest = _request_digest(kind, sender, recipient, refs)
+        letter = Letter.deposit(
+            letter_id=letter_id,
+            kind=kind,
+            sender=sender,
+            recipient=recipient,
+            attachments=refs,
+            request_digest=digest,
+            at=self.clock.now(),
+        )
+        existing = self._existing(letter_id)
+        if existing is not None:
+            return self._replayed(existing, digest), False
+        for attachment in attachments:
+            self.content.put(attachment.content)
+        try:
+            self.save(letter)
+        except IntegrityError:
+            # A concurrent retry with the same key won the race.
+            existing = self._existing(letter_id)
+            if existing is None:
+                raise
+            return self._replayed(existing, digest), False
+        logger.info("letter deposited letter=%s event=Deposited", letter_id)
+        return letter, True
+
+    def _existing(self, letter_id: UUID) -> Letter | None:
+        try:
+            return self.get(letter_id)
+        except LetterNotFound:
+            return None
+
+    @staticmethod
+    def _replayed(existing: Letter, digest: str) -> Letter:
+        if existing.request_digest != digest:
+            raise IdempotencyConflict(str(existing.id))
+        return existing
+
+    def get(self, letter_id: UUID) -> Letter:
+        """The letter as its events make it; raises LetterNotFound."""
+        try:
+            letter = self.repository.get(letter_id)
+        except AggregateNotFoundError as exc:
+            raise LetterNotFound(str(letter_id)) from exc
+        if not isinstance(letter, Letter):
+            raise LetterNotFound(str(letter_id))
+        return letter
+
+    def _command(self, letter_id: UUID, act: Callable[[Letter], None]) -> Letter:
+        for attempt in range(_RETRIES):
+            letter = self.get(letter_id)
+            act(letter)
+            try:
+                self.save(letter)
+                return letter
+            except IntegrityError:
+                logger.info(
+                    "concurrent write, retrying letter=%s attempt=%d",
+                    letter_id,
+                    attempt + 1,
+                )
+        raise RuleViolation("busy", "the letter is being changed concurrently")
+
+    def record_notified(self, letter_id: UUID, at: dt.datetime) -> Letter:
+        """Record that the notification left at ``at``."""
+        letter = self._command(letter_id, lambda letter: letter.notify(at))
+        logger.info("letter notified letter=%s event=Notified", letter_id)
+        return letter
+
+    def identify(
+        self,
+        letter_id: UUID,
+        *,
+        method: str,
+        level: Assurance,
+        verifier_reference: str,
+    ) -> Letter:
+        """Record the recipient's identification."""
+        letter = self._command(
+            letter_id,
+            lambda letter: letter.identify(
+                method=method,
+                level=level,
+                verifier_reference=verifier_reference,
+                at=self.clock.now(),
+            ),
+        )
+        logger.info("recipient identified letter=%s event=IdentityVerified", letter_id)
+        return letter
+
+    def accept(self, letter_id: UUID) -> Letter:
+        """Record the recipient's acceptance."""
+        letter = self._command(
+            letter_id, lambda letter: letter.accept(self.clock.now())
+        )
+        logger.info("letter accepted letter=%s event=Accepted", letter_id)
+        return letter
+
+    def refuse(self, letter_id: UUID) -> Letter:
+        """Record the recipient's refusal."""
+        letter = self._command(
+            letter_id, lambda letter: letter.refuse(self.clock.now())
+        )
+        logger.info("letter refused letter=%s event=Refused", letter_id)
+        return letter
+
+    def expire(self, letter_id: UUID, at: dt.datetime | None = None) -> Letter:
+        """Record non-claim once the window has closed."""
+        moment = at or self.clock.now()
+        letter = self._command(letter_id, lambda letter: letter.expire(moment))
+        logger.info("letter expired letter=%s event=Expired", letter_id)
+        return letter
+
+    def deliver_content(self, letter_id: UUID, attachment_index: int) -> Letter:
+        """Record that an attachment is being handed over."""
+        return self._command(
+            letter_id,
+            lambda letter: letter.deliver_content(attachment_index, self.clock.now()),
+        )

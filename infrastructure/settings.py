@@ -1,0 +1,103 @@
+"""pli's configuration: one typed object read from ``PLI_*`` variables.
+
+The embedded default needs no variable at all: SQLite, the SoftHSM token,
+content, proofs and the ``.eml`` outbox all live under ``./var`` (or
+``PLI_HOME``). Production sets ``PLI_DATABASE_URL`` to a PostgreSQL URL and
+``PLI_PKCS11_MODULE`` to its HSM's module; the README lists every variable.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+from pli.hsm.token import TokenConfig
+
+__all__ = ["Settings", "SettingsError"]
+
+
+class SettingsError(ValueError):
+    """A configuration variable has a value pli cannot use."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a pli process needs to know about its surroundings."""
+
+    home: Path
+    database_url: str
+    listen: str
+    provider_name: str
+    token: TokenConfig
+    poll_interval: float
+    development_clock: bool
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        """Read the settings from the environment, with embedded defaults."""
+        home = Path(os.environ.get("PLI_HOME", "var")).resolve()
+        interval = os.environ.get("PLI_POLL_INTERVAL", "0.2")
+        try:
+            poll_interval = float(interval)
+        except ValueError as exc:
+            raise SettingsError(f"PLI_POLL_INTERVAL={interval!r} is no number") from exc
+        return cls(
+            home=home,
+            database_url=os.environ.get("PLI_DATABASE_URL", ""),
+            listen=os.environ.get("PLI_LISTEN", "127.0.0.1:50051"),
+            provider_name=os.environ.get(
+                "PLI_PROVIDER_NAME", "pli (development, non-qualified)"
+            ),
+            token=TokenConfig.from_env(home),
+            poll_interval=poll_interval,
+            development_clock=os.environ.get("PLI_DEVELOPMENT_CLOCK", "") == "1",
+        )
+
+    @property
+    def is_embedded(self) -> bool:
+        """Whether this is the embedded default (SQLite under the home)."""
+        return not self.database_url
+
+    @property
+    def content_dir(self) -> Path:
+        """Where letters' content is stored, addressed by SHA-256."""
+        return self.home / "content"
+
+    @property
+    def proofs_dir(self) -> Path:
+        """Where proof PDFs are written, one folder per letter."""
+        return self.home / "proofs"
+
+    @property
+    def outbox_dir(self) -> Path:
+        """Where the embedded notifier writes its ``.eml`` messages."""
+        return self.home / "outbox"
+
+    def eventsourcing_env(self) -> dict[str, str]:
+        """The ``eventsourcing`` persistence settings for this database."""
+        if self.is_embedded:
+            self.home.mkdir(parents=True, exist_ok=True)
+            return {
+                "PERSISTENCE_MODULE": "eventsourcing.sqlite",
+                "SQLITE_DBNAME": str(self.home / "pli.sqlite3"),
+                "SQLITE_LOCK_TIMEOUT": "10",
+            }
+        url = urlsplit(self.database_url)
+        if url.scheme not in ("postgresql", "postgres") or not url.path.strip("/"):
+            raise SettingsError(
+                "PLI_DATABASE_URL must look like postgresql://user@host:port/dbname"
+            )
+        env = {
+            "PERSISTENCE_MODULE": "eventsourcing.postgres",
+            "POSTGRES_DBNAME": unquote(url.path.strip("/")),
+            "POSTGRES_HOST": url.hostname or "127.0.0.1",
+            "POSTGRES_PORT": str(url.port or 5432),
+            "POSTGRES_USER": unquote(url.username or "postgres"),
+            "POSTGRES_PASSWORD": unquote(url.password or ""),
+            "POSTGRES_POOL_SIZE": os.environ.get("PLI_DATABASE_POOL_SIZE", "10"),
+            "POSTGRES_MAX_OVERFLOW": "10",
+            "POSTGRES_CONNECT_TIMEOUT": "5",
+        }
+        return env
