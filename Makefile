@@ -5,17 +5,18 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-SYSTEM_PACKAGES := softhsm2 opensc poppler-utils postgresql libpq5 nodejs npm
+SYSTEM_PACKAGES := softhsm2 opensc poppler-utils postgresql libpq5
 BUF := build/tools/node_modules/.bin/buf
 STAMP := $(VENV)/.installed
 export PLI_HOME ?= $(CURDIR)/var
 
-.PHONY: all demo test serve setup system proto lint bench hsm clean
+.PHONY: all demo test serve setup system proto lint bench hsm clean FORCE
 
 all: setup
 
 system:
-	@missing=""; for p in $(SYSTEM_PACKAGES); do \
+	@missing=""; command -v npm >/dev/null || missing="npm"; \
+	for p in $(SYSTEM_PACKAGES); do \
 	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" \
 	    || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
@@ -29,8 +30,20 @@ $(STAMP): pyproject.toml | system
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q "grpcio-tools==1.85.1"
 	$(MAKE) proto
-	$(BIN)/pip install -q -e ".[dev]"
+	$(BIN)/pip install -q -e ".[dev]" --config-settings editable_mode=strict
 	touch $@
+
+# The strict editable install links each module into build/, so import-linter
+# sees a real package tree; a module added later needs linking again.
+SOURCES := $(sort $(wildcard domain/*.py hsm/*.py infrastructure/*.py \
+  services/*.py compliance/*.py proto/pli/v1/*.proto))
+$(VENV)/.sources: $(STAMP) FORCE
+	@echo "$(SOURCES)" | cmp -s - $@ || { \
+	  $(MAKE) --no-print-directory proto && \
+	  $(BIN)/pip install -q --no-deps --no-build-isolation -e . \
+	    --config-settings editable_mode=strict && echo "$(SOURCES)" > $@; }
+
+FORCE:
 
 proto:
 	rm -rf proto/gen && mkdir -p proto/gen/pli/v1
@@ -42,7 +55,7 @@ $(BUF): | system
 	mkdir -p build/tools
 	cd build/tools && npm install --silent --no-audit --no-fund @bufbuild/buf@1.75.0
 
-setup: $(STAMP) $(BUF)
+setup: $(STAMP) $(VENV)/.sources $(BUF)
 
 hsm: setup
 	$(BIN)/pli hsm init

@@ -1,0 +1,138 @@
+"""The ``pli`` command: token set-up, the server, the audit, one-shot processes."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+
+from pli.compliance.audit import audit
+from pli.domain.clock import FixedClock
+from pli.hsm.provision import initialise_token
+from pli.hsm.token import TokenUnavailable
+from pli.infrastructure.settings import Settings, SettingsError
+
+__all__ = ["main"]
+
+logger = logging.getLogger("pli")
+
+
+def _hsm_init(settings: Settings, _: argparse.Namespace) -> int:
+    created = initialise_token(settings.token)
+    for line in created:
+        print(f"created {line}")
+    if not created:
+        print(f"token {settings.token.token_label} already set up; nothing to do")
+    print(f"certificates: {settings.token.certs_dir}")
+    return 0
+
+
+def _serve(settings: Settings, _: argparse.Namespace) -> int:
+    from pli.services.server import start_server
+
+    running = start_server(settings)
+    print(f"pli serving pli.v1 on {settings.listen}", flush=True)
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    stop.wait()
+    running.stop()
+    return 0
+
+
+def _audit_verify(settings: Settings, _: argparse.Namespace) -> int:
+    from pli.services.runtime import Runtime
+
+    runtime = Runtime.open(settings)
+    try:
+        report = audit(runtime.letters, runtime.views)
+    finally:
+        runtime.close()
+    for fault in report.faults:
+        print(fault)
+    verdict = "clean" if report.clean else f"{len(report.faults)} fault(s)"
+    print(
+        f"audit: {report.events} events of {report.letters} letters checked, "
+        f"{report.views_compared} views compared: {verdict}"
+    )
+    return 0 if report.clean else 1
+
+
+def _expire(settings: Settings, args: argparse.Namespace) -> int:
+    from pli.services.runtime import Runtime
+
+    clock = None
+    if args.at:
+        if not (settings.is_embedded or settings.development_clock):
+            print(
+                "pli: --at moves the clock; it is allowed only on the embedded "
+                "default or with PLI_DEVELOPMENT_CLOCK=1",
+                file=sys.stderr,
+            )
+            return 2
+        clock = FixedClock(dt.datetime.fromisoformat(args.at).astimezone(dt.UTC))
+    runtime = Runtime.open(settings, clock)
+    try:
+        runtime.projector.run_until_idle()
+        expired = runtime.expirer.run_once()
+    finally:
+        runtime.close()
+    print(f"expired {expired} letter(s)")
+    return 0
+
+
+def _demo(settings: Settings, args: argparse.Namespace) -> int:
+    from pli.services.demo import run_demo
+
+    return run_demo(settings, args.letter)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pli", description="Core of a qualified registered delivery service."
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    hsm = commands.add_parser("hsm", help="the PKCS#11 token")
+    hsm_commands = hsm.add_subparsers(dest="hsm_command", required=True)
+    hsm_commands.add_parser(
+        "init", help="create the token, keys and development certificates"
+    ).set_defaults(run=_hsm_init)
+    commands.add_parser("serve", help="serve pli.v1 over gRPC").set_defaults(run=_serve)
+    audit_parser = commands.add_parser("audit", help="auditors' tools")
+    audit_commands = audit_parser.add_subparsers(dest="audit_command", required=True)
+    audit_commands.add_parser(
+        "verify", help="replay and check every event and view"
+    ).set_defaults(run=_audit_verify)
+    expire = commands.add_parser("expire", help="record every overdue non-claim")
+    expire.add_argument(
+        "--at", help="ISO 8601 instant to expire at (development clock only)"
+    )
+    expire.set_defaults(run=_expire)
+    demo = commands.add_parser("demo", help="run the demo against a real server")
+    demo.add_argument("--letter", help="file to deliver instead of the formal notice")
+    demo.set_defaults(run=_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``pli`` command."""
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+        stream=sys.stderr,
+    )
+    args = _parser().parse_args(argv)
+    try:
+        settings = Settings.from_env()
+        return int(args.run(settings, args))
+    except (SettingsError, TokenUnavailable) as exc:
+        print(f"pli: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,203 @@
+"""The processes that follow the event log: views, notifier, proofs, expirer.
+
+Each follower keeps its position in ``pli_positions`` and resumes there
+after a restart. Acting twice on one event is prevented where it matters:
+the notifier skips a letter that is no longer waiting to be notified, the
+proof builder rewrites the same file, the letter views carry their version,
+and the expirer relies on the letter's own rule (one expiry, after the
+window) and on optimistic concurrency between servers.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import tempfile
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+from eventsourcing.persistence import Notification
+from eventsourcing.utils import get_topic
+
+from pli.domain.clock import Clock
+from pli.domain.errors import RuleViolation
+from pli.domain.letter import Letter, LetterState
+from pli.infrastructure.letters import LetterApplication, iso, letter_view
+from pli.infrastructure.views import LetterViewStore
+from pli.services.notification_mail import compose_notification
+
+__all__ = ["Expirer", "Follower", "ProcessRunner", "Projector", "Notifier"]
+
+logger = logging.getLogger(__name__)
+
+
+def topic(event_class: type) -> str:
+    """The topic under which ``eventsourcing`` stores an event class."""
+    return get_topic(event_class)
+
+
+class Follower:
+    """Reads the event log from its stored position and hands on each event."""
+
+    name = "follower"
+    topics: tuple[str, ...] = ()
+    batch_size = 100
+
+    def __init__(self, letters: LetterApplication, views: LetterViewStore) -> None:
+        self.letters = letters
+        self.views = views
+
+    def handle(self, notification: Notification) -> list[dict[str, Any]]:
+        """Act on one event; return view rows to store with the position."""
+        raise NotImplementedError
+
+    def run_once(self) -> int:
+        """Process the next batch; return how many events it held."""
+        start = self.views.position(self.name) + 1
+        notifications = self.letters.recorder.select_notifications(
+            start=start, limit=self.batch_size, topics=self.topics
+        )
+        if not notifications:
+            return 0
+        rows: list[dict[str, Any]] = []
+        for notification in notifications:
+            rows += self.handle(notification)
+        self.views.advance(self.name, notifications[-1].id, rows)
+        return len(notifications)
+
+    def run_until_idle(self) -> int:
+        """Process batches until the log holds nothing new for this follower."""
+        total = 0
+        while count := self.run_once():
+            total += count
+        return total
+
+
+class Projector(Follower):
+    """Keeps the letter views (``pli_letter_views``) in step with the log."""
+
+    name = "letter-views"
+
+    def handle(self, notification: Notification) -> list[dict[str, Any]]:
+        """The letter's view as of this event."""
+        letter = self.letters.repository.get(
+            notification.originator_id, version=notification.originator_version
+        )
+        return [letter_view(letter)]
+
+
+class Notifier(Follower):
+    """Sends each deposited letter's notification and records ``Notified``.
+
+    The embedded default delivers by writing one ``.eml`` per letter into the
+    outbox folder; the file name is the letter id, so a message rewritten
+    after a crash replaces itself instead of doubling.
+    """
+
+    name = "notifier"
+    topics = (topic(Letter.Deposited),)
+
+    def __init__(
+        self,
+        letters: LetterApplication,
+        views: LetterViewStore,
+        clock: Clock,
+        outbox: Path,
+        provider_name: str,
+    ) -> None:
+        super().__init__(letters, views)
+        self.clock = clock
+        self.outbox = outbox
+        self.provider_name = provider_name
+
+    def handle(self, notification: Notification) -> list[dict[str, Any]]:
+        """Write the message, then record that it left."""
+        letter = self.letters.get(notification.originator_id)
+        if letter.state is not LetterState.DEPOSITED:
+            return []
+        at = self.clock.now()
+        message = compose_notification(letter, at, self.provider_name)
+        self._deliver(f"{letter.id}.eml", bytes(message))
+        self.letters.record_notified(letter.id, at)
+        return []
+
+    def _deliver(self, name: str, data: bytes) -> None:
+        self.outbox.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self.outbox, prefix=".sending-")
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.replace(tmp, self.outbox / name)
+
+
+class Expirer:
+    """Records ``Expired`` for every letter whose window has closed."""
+
+    def __init__(
+        self, letters: LetterApplication, views: LetterViewStore, clock: Clock
+    ) -> None:
+        self.letters = letters
+        self.views = views
+        self.clock = clock
+
+    def run_once(self, at: dt.datetime | None = None) -> int:
+        """Expire the overdue letters the views know of; return how many."""
+        now = at or self.clock.now()
+        expired = 0
+        for letter_id in self.views.overdue(iso(now) or ""):
+            try:
+                self.letters.expire(UUID(letter_id), at=now)
+                expired += 1
+            except RuleViolation as violation:
+                # Another server expired it, or the recipient decided first.
+                logger.info(
+                    "expiry skipped letter=%s rule=%s", letter_id, violation.rule
+                )
+        return expired
+
+
+class ProcessRunner:
+    """Runs the followers and the expirer in one background thread."""
+
+    def __init__(
+        self,
+        steps: list[Callable[[], int]],
+        poll_interval: float,
+    ) -> None:
+        self.steps = steps
+        self.poll_interval = poll_interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="pli-processes")
+
+    def start(self) -> None:
+        """Start following the log."""
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop after the current step."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=30)
+
+    def run_until_idle(self) -> None:
+        """Run every step until none finds work (used by tests and one-shots)."""
+        while sum(step() for step in self.steps):
+            pass
+
+    def _loop(self) -> None:
+        backoff = self.poll_interval
+        while not self._stop.is_set():
+            try:
+                worked = sum(step() for step in self.steps)
+                backoff = self.poll_interval
+            except Exception:
+                # A process must outlive an unreachable token or database; the
+                # failure is logged with its traceback and retried with backoff.
+                logger.exception("process step failed; retrying")
+                worked = 0
+                backoff = min(backoff * 2, 30.0)
+            if not worked:
+                self._stop.wait(backoff)

@@ -1,0 +1,90 @@
+"""The proof builder: renders and seals a proof when an event warrants one.
+
+``Notified`` yields the proof of deposit and sending (CPCE R.53-3 I issues it
+when the notification leaves); ``Accepted``, ``Refused`` and ``Expired``
+yield the proofs of receipt, refusal and non-claim. Rendering the same
+proof twice replaces the file, so resuming after a crash is harmless.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from eventsourcing.persistence import Notification
+
+from pli.domain.letter import Letter
+from pli.domain.proofs import ProofKind
+from pli.infrastructure.envelope import event_digest
+from pli.infrastructure.letters import LetterApplication
+from pli.infrastructure.views import LetterViewStore
+from pli.services.processes import Follower, topic
+from pli.services.proofs import ProofFacts, ProofWriter
+
+__all__ = ["ProofBuilder", "proof_facts"]
+
+logger = logging.getLogger(__name__)
+
+_PROOF_FOR = {
+    topic(Letter.Notified): ProofKind.DEPOSIT,
+    topic(Letter.Accepted): ProofKind.RECEIPT,
+    topic(Letter.Refused): ProofKind.REFUSAL,
+    topic(Letter.Expired): ProofKind.NON_CLAIM,
+}
+
+NON_QUALIFIED_TIME = "pli server clock (non-qualified)"
+
+
+def proof_facts(letters: LetterApplication, letter: Letter) -> ProofFacts:
+    """The facts a proof of ``letter`` states, with its sealed events' digests."""
+    stored = letters.recorder.select_events(originator_id=letter.id)
+    events = [
+        (
+            s.originator_version,
+            s.topic.rpartition(".")[2],
+            event_digest(str(letter.id), s.originator_version, s.topic, s.state),
+        )
+        for s in stored
+        if s.originator_version <= letter.version
+    ]
+    expired = letter.decided_at if letter.state.value == "expired" else None
+    decided = letter.decided_at if expired is None else None
+    return ProofFacts(
+        letter_id=str(letter.id),
+        kind=letter.kind.value,
+        sender_name=letter.sender.name,
+        sender_email=letter.sender.email,
+        recipient_name=letter.recipient.name,
+        recipient_email=letter.recipient.email,
+        attachments=[(a.filename, a.size, a.sha256) for a in letter.attachments],
+        deposited_at=letter.deposited_at,
+        notified_at=letter.notified_at,
+        window_closes_at=letter.window_closes_at,
+        decided_at=decided,
+        expired_at=expired,
+        events=events,
+        time_source=NON_QUALIFIED_TIME,
+    )
+
+
+class ProofBuilder(Follower):
+    """Writes each warranted proof under ``proofs/<letter id>/``."""
+
+    name = "proof-builder"
+    topics = tuple(_PROOF_FOR)
+
+    def __init__(
+        self, letters: LetterApplication, views: LetterViewStore, writer: ProofWriter
+    ) -> None:
+        super().__init__(letters, views)
+        self.writer = writer
+
+    def handle(self, notification: Notification) -> list[dict[str, Any]]:
+        """Render and seal the proof this event warrants."""
+        kind = _PROOF_FOR[notification.topic]
+        letter = self.letters.repository.get(
+            notification.originator_id, version=notification.originator_version
+        )
+        self.writer.write(kind, proof_facts(self.letters, letter))
+        logger.info("proof sealed letter=%s proof=%s", letter.id, kind.value)
+        return []

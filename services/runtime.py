@@ -1,0 +1,90 @@
+"""Everything a pli process runs on, assembled from :class:`Settings`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pli.domain.clock import Clock
+from pli.hsm.pades import PdfSealer
+from pli.hsm.seal import EventSealer, SealVerifier
+from pli.hsm.token import Token
+from pli.infrastructure.clock import SystemClock
+from pli.infrastructure.content import ContentStore
+from pli.infrastructure.letters import LetterApplication
+from pli.infrastructure.settings import Settings
+from pli.infrastructure.views import LetterViewStore
+from pli.services.processes import Expirer, Notifier, ProcessRunner, Projector
+from pli.services.proof_builder import ProofBuilder
+from pli.services.proofs import ProofWriter
+
+__all__ = ["Runtime"]
+
+
+@dataclass
+class Runtime:
+    """The letters application, its views and its background processes."""
+
+    settings: Settings
+    clock: Clock
+    token: Token
+    pdf_sealer: PdfSealer
+    letters: LetterApplication
+    views: LetterViewStore
+    projector: Projector
+    notifier: Notifier
+    proof_builder: ProofBuilder
+    expirer: Expirer
+    runner: ProcessRunner
+
+    @classmethod
+    def open(cls, settings: Settings, clock: Clock | None = None) -> Runtime:
+        """Connect to the event store and the token (lazily) and wire it all."""
+        clock = clock or SystemClock()
+        token = Token(settings.token)
+        letters = LetterApplication(
+            settings.eventsourcing_env(),
+            sealer=EventSealer(token),
+            verifier=SealVerifier.from_dir(settings.token.certs_dir),
+            clock=clock,
+            content=ContentStore(settings.content_dir),
+        )
+        views = LetterViewStore(
+            letters.recorder.datastore, is_sqlite=settings.is_embedded
+        )
+        projector = Projector(letters, views)
+        notifier = Notifier(
+            letters, views, clock, settings.outbox_dir, settings.provider_name
+        )
+        pdf_sealer = PdfSealer(settings.token)
+        proof_builder = ProofBuilder(
+            letters, views, ProofWriter(pdf_sealer, settings.proofs_dir)
+        )
+        expirer = Expirer(letters, views, clock)
+        runner = ProcessRunner(
+            [
+                projector.run_once,
+                notifier.run_once,
+                proof_builder.run_once,
+                expirer.run_once,
+            ],
+            settings.poll_interval,
+        )
+        return cls(
+            settings=settings,
+            clock=clock,
+            token=token,
+            pdf_sealer=pdf_sealer,
+            letters=letters,
+            views=views,
+            projector=projector,
+            notifier=notifier,
+            proof_builder=proof_builder,
+            expirer=expirer,
+            runner=runner,
+        )
+
+    def close(self) -> None:
+        """Release the database connections and the token session."""
+        self.letters.close()
+        self.pdf_sealer.close()
+        self.token.close()

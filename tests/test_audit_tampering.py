@@ -1,0 +1,162 @@
+"""``pli audit verify`` finds every kind of tampering and names the letter."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pli.infrastructure.settings import Settings
+from pli.v1 import letters_pb2 as pb
+
+from conftest import Pli
+from test_lifecycle_over_grpc import deposit_and_notify, identify
+
+
+def run_audit(settings: Settings) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ)
+    env.update(
+        {
+            "PLI_HOME": str(settings.home),
+            "PLI_DATABASE_URL": settings.database_url,
+            "PLI_HSM_DIR": str(settings.token.hsm_dir),
+        }
+    )
+    return subprocess.run(
+        [str(Path(sys.executable).parent / "pli"), "audit", "verify"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def accepted_letter(pli: Pli) -> str:
+    letter = deposit_and_notify(pli)
+    identify(pli, letter.letter_id)
+    pli.desk.AcceptLetter(pb.AcceptLetterRequest(letter_id=letter.letter_id))
+    pli.run_processes()
+    return letter.letter_id
+
+
+def execute(pli: Pli, sql: str, params: dict[str, object]) -> None:
+    settings = pli.runtime.settings
+    if settings.is_embedded:
+        sql = sql.replace("%(", ":").replace(")s", "")
+    with pli.runtime.letters.recorder.datastore.transaction(commit=True) as cursor:
+        cursor.execute(sql, params)
+
+
+def stored_id(pli: Pli, letter_id: str) -> object:
+    # SQLite stores ids as hex text, PostgreSQL as uuid.
+    return letter_id.replace("-", "") if pli.runtime.settings.is_embedded else letter_id
+
+
+def read_state(pli: Pli, letter_id: str, version: int) -> bytes:
+    table = pli.runtime.letters.recorder.events_table_name
+    sql = (
+        f"SELECT state FROM {table} WHERE originator_id = %(id)s "
+        "AND originator_version = %(v)s"
+    )
+    if pli.runtime.settings.is_embedded:
+        sql = sql.replace("%(", ":").replace(")s", "")
+    with pli.runtime.letters.recorder.datastore.transaction(commit=False) as cursor:
+        cursor.execute(sql, {"id": stored_id(pli, letter_id), "v": version})
+        return bytes(cursor.fetchone()["state"])
+
+
+def write_state(pli: Pli, letter_id: str, version: int, state: bytes) -> None:
+    table = pli.runtime.letters.recorder.events_table_name
+    execute(
+        pli,
+        f"UPDATE {table} SET state = %(s)s WHERE originator_id = %(id)s "
+        "AND originator_version = %(v)s",
+        {"s": state, "id": stored_id(pli, letter_id), "v": version},
+    )
+
+
+def delete_event(pli: Pli, letter_id: str, version: int) -> None:
+    table = pli.runtime.letters.recorder.events_table_name
+    execute(
+        pli,
+        f"DELETE FROM {table} WHERE originator_id = %(id)s "
+        "AND originator_version = %(v)s",
+        {"id": stored_id(pli, letter_id), "v": version},
+    )
+
+
+@pytest.fixture
+def two_letters(pli: Pli) -> tuple[str, str]:
+    return accepted_letter(pli), accepted_letter(pli)
+
+
+def test_untouched_store_audits_clean(pli: Pli, two_letters: tuple[str, str]) -> None:
+    result = run_audit(pli.runtime.settings)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "8 events of 2 letters" in result.stdout
+
+
+def test_one_changed_byte_is_found(pli: Pli, two_letters: tuple[str, str]) -> None:
+    victim, bystander = two_letters
+    state = bytearray(read_state(pli, victim, 2))
+    state[-5] ^= 0x01
+    write_state(pli, victim, 2, bytes(state))
+
+    result = run_audit(pli.runtime.settings)
+
+    assert result.returncode == 1
+    assert f"letter={victim} version=2" in result.stdout
+    assert bystander not in result.stdout
+
+
+def test_a_deleted_middle_event_is_found(
+    pli: Pli, two_letters: tuple[str, str]
+) -> None:
+    victim, _ = two_letters
+    delete_event(pli, victim, 2)
+
+    result = run_audit(pli.runtime.settings)
+
+    assert result.returncode == 1
+    assert f"letter={victim} version=3" in result.stdout
+
+
+def test_a_deleted_last_event_is_found(pli: Pli, two_letters: tuple[str, str]) -> None:
+    victim, _ = two_letters
+    delete_event(pli, victim, 4)
+
+    result = run_audit(pli.runtime.settings)
+
+    assert result.returncode == 1
+    assert f"letter={victim}" in result.stdout
+
+
+def test_two_swapped_events_are_found(pli: Pli, two_letters: tuple[str, str]) -> None:
+    victim, _ = two_letters
+    second, third = read_state(pli, victim, 2), read_state(pli, victim, 3)
+    write_state(pli, victim, 2, third)
+    write_state(pli, victim, 3, second)
+
+    result = run_audit(pli.runtime.settings)
+
+    assert result.returncode == 1
+    assert f"letter={victim} version=2" in result.stdout
+
+
+def test_a_tampered_letter_is_refused_service(
+    pli: Pli, two_letters: tuple[str, str]
+) -> None:
+    import grpc
+
+    victim, _ = two_letters
+    state = bytearray(read_state(pli, victim, 3))
+    state[-3] ^= 0x01
+    write_state(pli, victim, 3, bytes(state))
+    pli.runtime.letters.repository.cache = None
+
+    with pytest.raises(grpc.RpcError) as caught:
+        pli.letters.GetLetter(pb.GetLetterRequest(letter_id=victim))
+    assert caught.value.code() == grpc.StatusCode.DATA_LOSS
