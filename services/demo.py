@@ -61,7 +61,9 @@ def _say(text: str) -> None:
 
 def _pdfsig(path: Path) -> list[str]:
     result = subprocess.run(["pdfsig", str(path)], capture_output=True, text=True)
-    return [line.strip() for line in result.stdout.splitlines() if "Signature" in line]
+    lines = result.stdout.splitlines()
+    # The first line names the file; the verdicts follow.
+    return [line.strip() for line in lines[1:] if "Signature" in line]
 
 
 class _Frontend:

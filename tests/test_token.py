@@ -1,0 +1,60 @@
+"""``pli hsm init``: the token, its keys and certificates, seen by other tools."""
+
+from __future__ import annotations
+
+import subprocess
+
+from cryptography import x509
+
+from pli.hsm.provision import initialise_token
+from pli.hsm.token import TokenConfig
+
+
+def test_a_second_init_creates_nothing(token_config: TokenConfig) -> None:
+    assert initialise_token(token_config) == []
+
+
+def test_pin_files_are_private(token_config: TokenConfig) -> None:
+    for name in ("pin", "so-pin"):
+        assert (token_config.hsm_dir / name).stat().st_mode & 0o777 == 0o600
+
+
+def test_opensc_lists_a_non_extractable_seal_key(token_config: TokenConfig) -> None:
+    env = {"SOFTHSM2_CONF": str(token_config.softhsm_conf), "PATH": "/usr/bin:/bin"}
+    listing = subprocess.run(
+        [
+            "pkcs11-tool",
+            "--module",
+            token_config.module,
+            "--token-label",
+            token_config.token_label,
+            "--login",
+            "--pin",
+            token_config.pin(),
+            "--list-objects",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    private_keys = listing.split("Private Key Object")[1:]
+
+    assert len(private_keys) == 2
+    assert all("never extractable" in block for block in private_keys)
+    assert "label:      pli-seal" in listing
+    assert listing.count("Certificate Object") == 2
+
+
+def test_seal_certificate_chains_to_the_development_root(
+    token_config: TokenConfig,
+) -> None:
+    root = x509.load_pem_x509_certificate(
+        (token_config.certs_dir / "root.pem").read_bytes()
+    )
+    seal = x509.load_pem_x509_certificate(
+        (token_config.certs_dir / "seal.pem").read_bytes()
+    )
+
+    seal.verify_directly_issued_by(root)
+    assert "non-qualified" in seal.subject.rfc4514_string()
