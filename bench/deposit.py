@@ -52,6 +52,7 @@ def _run_clients(
     clients: int, seconds: float, work: Callable[[int], None]
 ) -> tuple[int, list[float]]:
     latencies: list[float] = []
+    errors: list[BaseException] = []
     lock = threading.Lock()
     stop_at = time.monotonic() + seconds
 
@@ -59,7 +60,12 @@ def _run_clients(
         mine: list[float] = []
         while time.monotonic() < stop_at:
             started = time.perf_counter()
-            work(worker)
+            try:
+                work(worker)
+            except Exception as exc:  # counted and reported, never hidden
+                with lock:
+                    errors.append(exc)
+                continue
             mine.append(time.perf_counter() - started)
         with lock:
             latencies.extend(mine)
@@ -69,6 +75,10 @@ def _run_clients(
         thread.start()
     for thread in threads:
         thread.join()
+    if errors:
+        print(f"{len(errors)} call(s) failed; the first: {errors[0]!r}")
+    if not latencies:
+        raise SystemExit("no call succeeded; nothing to measure")
     return len(latencies), latencies
 
 
