@@ -5,7 +5,8 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-SYSTEM_PACKAGES := softhsm2 opensc poppler-utils postgresql libpq5
+SYSTEM_PACKAGES := softhsm2 opensc poppler-utils postgresql libpq5 \
+  fonts-dejavu-core
 BUF := build/tools/node_modules/.bin/buf
 STAMP := $(VENV)/.installed
 export PLI_HOME ?= $(CURDIR)/var

@@ -3,7 +3,9 @@
 The audit reads the stored events in commit order, checks each seal with
 the seal certificates alone (no token, no PIN), checks each chain link and
 version sequence per letter, rebuilds every letter view from the events and
-compares it with the stored view. Each fault names the letter and version.
+compares it with the stored view, and checks that every attachment's stored
+bytes still match the digest the deposit bound. Each fault names the letter
+and version.
 Views are compared as of the projector's recorded position, so a server
 that is still running does not produce false alarms.
 """
@@ -18,6 +20,7 @@ from typing import Any
 from eventsourcing.persistence import Notification, StoredEvent
 
 from pli.domain.letter import Letter
+from pli.infrastructure.content import ContentMissing
 from pli.infrastructure.envelope import (
     GENESIS,
     Envelope,
@@ -72,41 +75,91 @@ class _Chain:
     projected_version: int = 0
 
 
-def _notifications(letters: LetterApplication) -> Iterator[Notification]:
+def _notifications(
+    letters: LetterApplication, report: AuditReport
+) -> Iterator[Notification]:
     start = 1
-    while True:
-        page = letters.recorder.select_notifications(start=start, limit=_PAGE)
+    last = letters.recorder.max_notification_id() or 0
+    while start <= last:
+        try:
+            page = letters.recorder.select_notifications(start=start, limit=_PAGE)
+        except (ValueError, TypeError):
+            page = list(_one_by_one(letters, start, start + _PAGE - 1, report))
+            start += _PAGE
+            yield from page
+            continue
         if not page:
             return
         yield from page
         start = page[-1].id + 1
 
 
+def _one_by_one(
+    letters: LetterApplication, first: int, last: int, report: AuditReport
+) -> Iterator[Notification]:
+    """Read a stretch of the log row by row, past rows that cannot be decoded."""
+    position = first
+    reported = False
+    while position <= last:
+        try:
+            rows = letters.recorder.select_notifications(
+                start=position, limit=1, stop=last
+            )
+        except (ValueError, TypeError):
+            if not reported:
+                report.faults.append(
+                    Fault("?", 0, f"unreadable stored event at log position {position}")
+                )
+                reported = True
+            position += 1
+            continue
+        if not rows:
+            return
+        reported = False
+        yield rows[0]
+        position = rows[0].id + 1
+
+
 def audit(letters: LetterApplication, views: LetterViewStore) -> AuditReport:
-    """Check every event and every view; return the report."""
+    """Check every event, view and content file; return the report."""
     report = AuditReport()
     chains: dict[str, _Chain] = {}
     projected_to = views.position(_PROJECTOR)
     store = letters.sealed_events
-    for notification in _notifications(letters):
+    for notification in _notifications(letters, report):
         report.events += 1
-        letter_id = str(notification.originator_id)
-        chain = chains.setdefault(letter_id, _Chain())
-        fault = _check_event(store, chain, notification)
-        if fault:
-            report.faults.append(
-                Fault(letter_id, notification.originator_version, fault)
-            )
-            chain.broken = True
-            continue
-        if chain.broken:
-            continue
-        chain.aggregate = _apply(letters, chain.aggregate, notification)
-        if notification.id <= projected_to:
-            chain.projected_version = notification.originator_version
+        _audit_event(letters, store, chains, notification, projected_to, report)
     report.letters = len(chains)
     _compare_views(chains, views, report)
+    _check_content(letters, chains, report)
     return report
+
+
+def _audit_event(
+    letters: LetterApplication,
+    store: Any,
+    chains: dict[str, _Chain],
+    notification: Notification,
+    projected_to: int,
+    report: AuditReport,
+) -> None:
+    letter_id = str(notification.originator_id)
+    chain = chains.setdefault(letter_id, _Chain())
+    fault = _check_event(store, chain, notification)
+    if fault:
+        report.faults.append(Fault(letter_id, notification.originator_version, fault))
+        chain.broken = True
+    # Follow the chain as stored, so each later fault is reported on its own.
+    chain.version = notification.originator_version
+    if isinstance(notification.state, bytes):
+        chain.digest = event_digest(
+            letter_id, chain.version, notification.topic, notification.state
+        )
+    if chain.broken:
+        return
+    chain.aggregate = _apply(letters, chain.aggregate, notification)
+    if notification.id <= projected_to:
+        chain.projected_version = notification.originator_version
 
 
 def _check_event(store: Any, chain: _Chain, notification: Notification) -> str:
@@ -118,7 +171,6 @@ def _check_event(store: Any, chain: _Chain, notification: Notification) -> str:
         envelope = Envelope.from_bytes(notification.state)
     except MalformedEnvelope:
         return "stored state is not a sealed envelope"
-    letter_id = str(notification.originator_id)
     if envelope.previous != chain.digest:
         return "chain link broken: previous-event digest does not match"
     stored = StoredEvent(
@@ -131,11 +183,26 @@ def _check_event(store: Any, chain: _Chain, notification: Notification) -> str:
         store.check([stored], from_genesis=False)
     except BrokenHistory as broken:
         return broken.reason
-    chain.version = version
-    chain.digest = event_digest(
-        letter_id, version, notification.topic, notification.state
-    )
     return ""
+
+
+def _check_content(
+    letters: LetterApplication, chains: dict[str, _Chain], report: AuditReport
+) -> None:
+    for letter_id, chain in chains.items():
+        if chain.broken or chain.aggregate is None:
+            continue
+        for index, attachment in enumerate(chain.aggregate.attachments):
+            try:
+                letters.content.check(attachment.sha256)
+            except ContentMissing:
+                report.faults.append(
+                    Fault(
+                        letter_id,
+                        0,
+                        f"content of attachment {index} is missing or changed",
+                    )
+                )
 
 
 def _apply(

@@ -17,13 +17,45 @@ from uuid import UUID
 from eventsourcing.domain import Aggregate
 
 from pli.domain.errors import FieldProblem, InvalidInput, RuleViolation
-from pli.domain.values import Assurance, AttachmentRef, LetterKind, Party
+from pli.domain.values import (
+    Assurance,
+    AttachmentRef,
+    LetterKind,
+    Party,
+    check_text,
+)
 from pli.domain.window import window_closes_at
 
-__all__ = ["Letter", "LetterState", "MAX_ATTACHMENTS", "MAX_CONTENT_BYTES"]
+__all__ = [
+    "Letter",
+    "LetterState",
+    "MAX_ATTACHMENTS",
+    "MAX_CONTENT_BYTES",
+    "deposit_problems",
+]
 
 MAX_ATTACHMENTS = 64
 MAX_CONTENT_BYTES = 256 * 1024 * 1024  # DESIGN §5
+
+
+def deposit_problems(
+    sender: Party, recipient: Party, attachments: list[AttachmentRef]
+) -> list[FieldProblem]:
+    """Everything wrong with a deposit's parties and attachments."""
+    problems = sender.problems("sender") + recipient.problems("recipient")
+    if not attachments:
+        problems.append(FieldProblem("attachments", "at least one is required"))
+    if len(attachments) > MAX_ATTACHMENTS:
+        problems.append(
+            FieldProblem("attachments", f"at most {MAX_ATTACHMENTS} are allowed")
+        )
+    for index, attachment in enumerate(attachments):
+        problems += attachment.problems(f"attachments[{index}]")
+    if sum(a.size for a in attachments) > MAX_CONTENT_BYTES:
+        problems.append(
+            FieldProblem("attachments", "content must total at most 256 MiB")
+        )
+    return problems
 
 
 class LetterState(StrEnum):
@@ -143,19 +175,7 @@ class Letter(Aggregate):
         at: dt.datetime,
     ) -> Letter:
         """Deposit a new letter; raise InvalidInput listing every bad field."""
-        problems = sender.problems("sender") + recipient.problems("recipient")
-        if not attachments:
-            problems.append(FieldProblem("attachments", "at least one is required"))
-        if len(attachments) > MAX_ATTACHMENTS:
-            problems.append(
-                FieldProblem("attachments", f"at most {MAX_ATTACHMENTS} are allowed")
-            )
-        for index, attachment in enumerate(attachments):
-            problems += attachment.problems(f"attachments[{index}]")
-        if sum(a.size for a in attachments) > MAX_CONTENT_BYTES:
-            problems.append(
-                FieldProblem("attachments", "content must total at most 256 MiB")
-            )
+        problems = deposit_problems(sender, recipient, attachments)
         if problems:
             raise InvalidInput(problems)
         return cls._create(
@@ -220,13 +240,10 @@ class Letter(Aggregate):
     ) -> None:
         """Record the recipient's identification, at the level the kind needs."""
         self._require_open_window("identify", at)
-        problems = []
-        if not method.strip() or len(method) > 100:
-            problems.append(FieldProblem("method", "must be 1 to 100 characters"))
-        if len(verifier_reference) > 200:
-            problems.append(
-                FieldProblem("verifier_reference", "must be at most 200 characters")
-            )
+        problems = check_text(method, "method", maximum=100)
+        if not method.strip():
+            problems.append(FieldProblem("method", "must not be empty"))
+        problems += check_text(verifier_reference, "verifier_reference", maximum=200)
         if problems:
             raise InvalidInput(problems)
         minimum = MINIMUM_ASSURANCE[self.kind]

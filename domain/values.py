@@ -20,6 +20,7 @@ __all__ = [
     "LetterKind",
     "Party",
     "check_email",
+    "check_text",
     "check_name",
 ]
 
@@ -27,6 +28,10 @@ MAX_NAME_LENGTH = 200
 MAX_EMAIL_LENGTH = 254
 MAX_FILENAME_LENGTH = 255
 SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+# RFC 6838 type/subtype names, without parameters.
+MEDIA_TYPE = re.compile(
+    r"[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,62}/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,62}"
+)
 # Deliberately plain: one @, a dot-atom-ish local part, a domain with a dot.
 # RFC 5322 allows more, but a registered letter must reach a real mailbox.
 EMAIL = re.compile(
@@ -60,6 +65,15 @@ def check_name(value: str, field: str) -> list[FieldProblem]:
         return [FieldProblem(field, "must not be empty")]
     if len(value) > MAX_NAME_LENGTH:
         return [FieldProblem(field, f"must be at most {MAX_NAME_LENGTH} characters")]
+    if _has_control_characters(value):
+        return [FieldProblem(field, "must not contain control characters")]
+    return []
+
+
+def check_text(value: str, field: str, *, maximum: int) -> list[FieldProblem]:
+    """Problems with a free-text field such as an identification method."""
+    if len(value) > maximum:
+        return [FieldProblem(field, f"must be at most {maximum} characters")]
     if _has_control_characters(value):
         return [FieldProblem(field, "must not contain control characters")]
     return []
@@ -110,23 +124,29 @@ class AttachmentRef:
         name = self.filename
         if not name.strip():
             found.append(FieldProblem(f"{field}.filename", "must not be empty"))
-        elif len(name) > MAX_FILENAME_LENGTH or _has_control_characters(name):
+        elif len(name) > MAX_FILENAME_LENGTH:
             found.append(
                 FieldProblem(
                     f"{field}.filename",
-                    f"must be at most {MAX_FILENAME_LENGTH} printable characters",
+                    f"must be at most {MAX_FILENAME_LENGTH} characters",
                 )
+            )
+        elif _has_control_characters(name):
+            found.append(
+                FieldProblem(f"{field}.filename", "must not contain control characters")
             )
         elif "/" in name or "\\" in name or name in (".", ".."):
             found.append(
                 FieldProblem(f"{field}.filename", "must be a file name, not a path")
             )
-        if len(self.media_type) > 127 or _has_control_characters(self.media_type):
+        if not MEDIA_TYPE.fullmatch(self.media_type):
             found.append(
-                FieldProblem(f"{field}.media_type", "must be a short media type")
+                FieldProblem(
+                    f"{field}.media_type", "must be a media type like application/pdf"
+                )
             )
-        if self.size < 0:
-            found.append(FieldProblem(f"{field}.size", "must not be negative"))
+        if self.size <= 0:
+            found.append(FieldProblem(f"{field}.content", "must not be empty"))
         if not SHA256_HEX.fullmatch(self.sha256):
             found.append(FieldProblem(f"{field}.sha256", "must be 64 hex digits"))
         return found

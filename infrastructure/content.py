@@ -49,6 +49,11 @@ class ContentStore:
                 raise
         return digest, len(data)
 
+    def check(self, sha256: str) -> None:
+        """Raise ContentMissing unless the stored bytes match their digest."""
+        for _ in self.read_chunks(sha256):
+            pass
+
     def read_chunks(self, sha256: str) -> Iterator[bytes]:
         """Yield the stored bytes in chunks, checking the digest at the end."""
         path = self._path(sha256)

@@ -55,7 +55,9 @@ class Envelope:
     @classmethod
     def from_bytes(cls, state: bytes) -> Envelope:
         """Split stored bytes into header and payload."""
-        line, newline, payload = state.partition(b"\n")
+        if not isinstance(state, bytes | bytearray | memoryview):
+            raise MalformedEnvelope(f"state is {type(state).__name__}, not bytes")
+        line, newline, payload = bytes(state).partition(b"\n")
         try:
             header = json.loads(line)
             if not newline or header.get("v") != 1:

@@ -125,11 +125,15 @@ class SealingEventStore(EventStore[UUID]):
         limit: int | None = None,
     ) -> Iterator[Any]:
         """Yield the letter's events after checking each seal and chain link."""
-        stored_events = list(
-            self.recorder.select_events(
-                originator_id=originator_id, gt=gt, lte=lte, desc=desc, limit=limit
+        try:
+            stored_events = list(
+                self.recorder.select_events(
+                    originator_id=originator_id, gt=gt, lte=lte, desc=desc, limit=limit
+                )
             )
-        )
+        except (TypeError, ValueError) as exc:
+            # The recorder could not even decode a row (a NULL state, say).
+            raise BrokenHistory(str(originator_id), 0, "stored row unreadable") from exc
         self.check(stored_events, from_genesis=(gt is None and not desc))
         if stored_events and not desc and lte is None and limit is None:
             self._remember_head(stored_events[-1])

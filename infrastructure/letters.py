@@ -17,7 +17,9 @@ import datetime as dt
 import hashlib
 import json
 import logging
+import random
 import re
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -27,18 +29,20 @@ from eventsourcing.application import AggregateNotFoundError
 from eventsourcing.persistence import IntegrityError
 
 from pli.domain.clock import Clock
-from pli.domain.errors import FieldProblem, InvalidInput, RuleViolation
-from pli.domain.letter import Letter
+from pli.domain.errors import FieldProblem, InvalidInput
+from pli.domain.letter import Letter, deposit_problems
 from pli.domain.values import Assurance, AttachmentRef, LetterKind, Party
 from pli.hsm.seal import EventSealer, SealVerifier
 from pli.infrastructure.content import ContentStore
 from pli.infrastructure.event_store import SealedApplication
 
 __all__ = [
+    "ConcurrentChange",
     "IdempotencyConflict",
     "LetterApplication",
     "LetterNotFound",
     "NewAttachment",
+    "check_deposit",
     "iso",
     "letter_view",
 ]
@@ -47,11 +51,15 @@ logger = logging.getLogger(__name__)
 
 _IDEMPOTENCY_NAMESPACE = uuid5(NAMESPACE_URL, "urn:pli:deposit-idempotency-key")
 _IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,128}")
-_RETRIES = 5
+_RETRIES = 12
 
 
 class LetterNotFound(Exception):
     """No letter has this id."""
+
+
+class ConcurrentChange(Exception):
+    """The letter kept changing under a command; the caller may retry."""
 
 
 class IdempotencyConflict(Exception):
@@ -101,6 +109,38 @@ def _request_digest(
     return hashlib.sha256(encoded).hexdigest()
 
 
+def _refs(attachments: list[NewAttachment]) -> list[AttachmentRef]:
+    return [
+        AttachmentRef(
+            filename=a.filename,
+            media_type=a.media_type or "application/octet-stream",
+            size=len(a.content),
+            sha256=hashlib.sha256(a.content).hexdigest(),
+        )
+        for a in attachments
+    ]
+
+
+def _key_problems(idempotency_key: str) -> list[FieldProblem]:
+    if _IDEMPOTENCY_KEY.fullmatch(idempotency_key):
+        return []
+    return [
+        FieldProblem("idempotency_key", "must be 1 to 128 printable ASCII characters")
+    ]
+
+
+def check_deposit(
+    idempotency_key: str,
+    sender: Party,
+    recipient: Party,
+    attachments: list[NewAttachment],
+) -> list[FieldProblem]:
+    """Everything wrong with a deposit request, without storing anything."""
+    return _key_problems(idempotency_key) + deposit_problems(
+        sender, recipient, _refs(attachments)
+    )
+
+
 class LetterApplication(SealedApplication):
     """Deposit, notify, identify, accept, refuse, expire and hand over letters."""
 
@@ -128,23 +168,10 @@ class LetterApplication(SealedApplication):
         attachments: list[NewAttachment],
     ) -> tuple[Letter, bool]:
         """Deposit a letter; return it and whether this call created it."""
-        if not _IDEMPOTENCY_KEY.fullmatch(idempotency_key):
-            raise InvalidInput(
-                [
-                    FieldProblem(
-                        "idempotency_key", "must be 1 to 128 printable ASCII characters"
-                    )
-                ]
-            )
-        refs = [
-            AttachmentRef(
-                filename=a.filename,
-                media_type=a.media_type or "application/octet-stream",
-                size=len(a.content),
-                sha256=hashlib.sha256(a.content).hexdigest(),
-            )
-            for a in attachments
-        ]
+        problems = _key_problems(idempotency_key)
+        if problems:
+            raise InvalidInput(problems)
+        refs = _refs(attachments)
         letter_id = uuid5(_IDEMPOTENCY_NAMESPACE, idempotency_key)
         digest = _request_digest(kind, sender, recipient, refs)
         letter = Letter.deposit(
@@ -202,12 +229,14 @@ class LetterApplication(SealedApplication):
                 self.save(letter)
                 return letter
             except IntegrityError:
+                # Jittered, growing pauses let the concurrent writers interleave.
+                time.sleep(random.uniform(0, 0.01) * (attempt + 1))
                 logger.info(
                     "concurrent write, retrying letter=%s attempt=%d",
                     letter_id,
                     attempt + 1,
                 )
-        raise RuleViolation("busy", "the letter is being changed concurrently")
+        raise ConcurrentChange(str(letter_id))
 
     def record_notified(self, letter_id: UUID, at: dt.datetime) -> Letter:
         """Record that the notification left at ``at``."""
@@ -260,7 +289,10 @@ class LetterApplication(SealedApplication):
         return letter
 
     def deliver_content(self, letter_id: UUID, attachment_index: int) -> Letter:
-        """Record that an attachment is being handed over."""
+        """Record that an attachment is being handed over, once its bytes check."""
+        letter = self.get(letter_id)
+        if 0 <= attachment_index < len(letter.attachments):
+            self.content.check(letter.attachments[attachment_index].sha256)
         return self._command(
             letter_id,
             lambda letter: letter.deliver_content(attachment_index, self.clock.now()),

@@ -23,7 +23,7 @@ from eventsourcing.persistence import OperationalError
 from google.protobuf import timestamp_pb2
 from google.rpc import error_details_pb2
 
-from pli.domain.errors import InvalidInput, RuleViolation
+from pli.domain.errors import FieldProblem, InvalidInput, RuleViolation
 from pli.domain.letter import Letter, LetterState
 from pli.domain.proofs import ProofKind, proofs_warranted
 from pli.domain.values import Assurance, LetterKind, Party
@@ -31,11 +31,14 @@ from pli.hsm.token import TokenUnavailable
 from pli.infrastructure.content import ContentMissing
 from pli.infrastructure.event_store import BrokenHistory
 from pli.infrastructure.letters import (
+    ConcurrentChange,
     IdempotencyConflict,
     LetterApplication,
     LetterNotFound,
     NewAttachment,
+    check_deposit,
 )
+from pli.services.proof_page import unprintable
 from pli.services.wire import abort, abort_invalid, error_info, precondition
 from pli.v1 import letters_pb2 as pb
 
@@ -78,11 +81,18 @@ def _timestamp(moment: dt.datetime | None) -> timestamp_pb2.Timestamp | None:
     return stamp
 
 
-def _letter_id(value: str, context: grpc.ServicerContext) -> UUID:
+def _is_uuid(value: str) -> bool:
     try:
-        return UUID(value)
+        UUID(value)
     except ValueError:
+        return False
+    return True
+
+
+def _letter_id(value: str, context: grpc.ServicerContext) -> UUID:
+    if not _is_uuid(value):
         abort_invalid(context, [("letter_id", "must be a letter id (a UUID)")])
+    return UUID(value)
 
 
 def _fail(context: grpc.ServicerContext, exc: Exception) -> None:
@@ -103,6 +113,15 @@ def _fail(context: grpc.ServicerContext, exc: Exception) -> None:
             description="no letter has this id",
         )
         abort(context, grpc.StatusCode.NOT_FOUND, "no letter has this id", [resource])
+    if isinstance(exc, ConcurrentChange):
+        retry = error_details_pb2.RetryInfo()
+        retry.retry_delay.FromTimedelta(dt.timedelta(milliseconds=100))
+        abort(
+            context,
+            grpc.StatusCode.ABORTED,
+            "the letter was changed concurrently; retry the call",
+            [retry],
+        )
     if isinstance(exc, IdempotencyConflict):
         abort(
             context,
@@ -139,6 +158,7 @@ def _mapped(method: Callable[..., T]) -> Callable[..., T]:
             RuleViolation,
             LetterNotFound,
             IdempotencyConflict,
+            ConcurrentChange,
             TokenUnavailable,
             OperationalError,
             BrokenHistory,
@@ -194,6 +214,35 @@ class _LetterMessages:
         )
 
 
+def _deposit_problems(request: pb.DepositLetterRequest) -> list[FieldProblem]:
+    """What the service layer checks: the kind, the size, printability."""
+    problems = []
+    if request.kind not in _KINDS:
+        problems.append(
+            FieldProblem("kind", "must be LETTER_KIND_LRE or LETTER_KIND_ERE")
+        )
+    if sum(len(a.content) for a in request.attachments) > MAX_INLINE_CONTENT:
+        problems.append(
+            FieldProblem("attachments", "inline content must total at most 4 MiB")
+        )
+    # CPCE R.53-2: the proofs must show the parties' names, so a name the
+    # proof page cannot print is refused at deposit rather than left blank.
+    printed = [
+        ("sender.name", request.sender.name),
+        ("recipient.name", request.recipient.name),
+    ] + [
+        (f"attachments[{i}].filename", a.filename)
+        for i, a in enumerate(request.attachments)
+    ]
+    for field, text in printed:
+        missing = unprintable(text)
+        if missing:
+            problems.append(
+                FieldProblem(field, f"has characters proofs cannot print: {missing}")
+            )
+    return problems
+
+
 class LetterServicer(_LetterMessages):
     """``pli.v1.LetterService``: what a sender frontend may do."""
 
@@ -206,22 +255,27 @@ class LetterServicer(_LetterMessages):
         self, request: pb.DepositLetterRequest, context: grpc.ServicerContext
     ) -> pb.DepositLetterResponse:
         """Deposit a letter, idempotently."""
-        problems = []
-        if request.kind not in _KINDS:
-            problems.append(("kind", "must be LETTER_KIND_LRE or LETTER_KIND_ERE"))
-        if sum(len(a.content) for a in request.attachments) > MAX_INLINE_CONTENT:
-            problems.append(("attachments", "inline content must total at most 4 MiB"))
+        sender = Party(request.sender.name, request.sender.email)
+        recipient = Party(request.recipient.name, request.recipient.email)
+        attachments = [
+            NewAttachment(a.filename, a.media_type, a.content)
+            for a in request.attachments
+        ]
+        problems = [(p.field, p.description) for p in _deposit_problems(request)]
+        problems += [
+            (p.field, p.description)
+            for p in check_deposit(
+                request.idempotency_key, sender, recipient, attachments
+            )
+        ]
         if problems:
             abort_invalid(context, problems)
         letter, created = self.letters.deposit(
             idempotency_key=request.idempotency_key,
             kind=_KINDS[request.kind],
-            sender=Party(request.sender.name, request.sender.email),
-            recipient=Party(request.recipient.name, request.recipient.email),
-            attachments=[
-                NewAttachment(a.filename, a.media_type, a.content)
-                for a in request.attachments
-            ],
+            sender=sender,
+            recipient=recipient,
+            attachments=attachments,
         )
         if not created:
             logger.info("deposit replayed letter=%s", letter.id)
@@ -240,9 +294,14 @@ class LetterServicer(_LetterMessages):
         self, request: pb.GetProofRequest, context: grpc.ServicerContext
     ) -> pb.GetProofResponse:
         """Fetch a proof PDF the letter's state warrants."""
-        letter_id = _letter_id(request.letter_id, context)
+        problems = []
+        if not _is_uuid(request.letter_id):
+            problems.append(("letter_id", "must be a letter id (a UUID)"))
         if request.kind not in _PROOF_KINDS:
-            abort_invalid(context, [("kind", "must name a proof kind")])
+            problems.append(("kind", "must name a proof kind"))
+        if problems:
+            abort_invalid(context, problems)
+        letter_id = UUID(request.letter_id)
         kind = _PROOF_KINDS[request.kind]
         letter = self.letters.get(letter_id)
         if kind not in proofs_warranted(letter.state):
@@ -275,9 +334,14 @@ class RecipientDeskServicer(_LetterMessages):
         self, request: pb.IdentifyRecipientRequest, context: grpc.ServicerContext
     ) -> pb.IdentifyRecipientResponse:
         """Record the recipient's identification."""
-        letter_id = _letter_id(request.letter_id, context)
+        problems = []
+        if not _is_uuid(request.letter_id):
+            problems.append(("letter_id", "must be a letter id (a UUID)"))
         if request.level not in _LEVELS:
-            abort_invalid(context, [("level", "must name an assurance level")])
+            problems.append(("level", "must name an assurance level"))
+        if problems:
+            abort_invalid(context, problems)
+        letter_id = UUID(request.letter_id)
         letter = self.letters.identify(
             letter_id,
             method=request.method,
@@ -328,6 +392,7 @@ class RecipientDeskServicer(_LetterMessages):
             InvalidInput,
             RuleViolation,
             LetterNotFound,
+            ConcurrentChange,
             TokenUnavailable,
             OperationalError,
             BrokenHistory,

@@ -74,7 +74,7 @@ def _expire(settings: Settings, args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
             return 2
-        clock = FixedClock(dt.datetime.fromisoformat(args.at).astimezone(dt.UTC))
+        clock = FixedClock(args.at)
     runtime = Runtime.open(settings, clock)
     try:
         runtime.projector.run_until_idle()
@@ -89,6 +89,18 @@ def _demo(settings: Settings, args: argparse.Namespace) -> int:
     from pli.services.demo import run_demo
 
     return run_demo(settings, args.letter)
+
+
+def _instant(text: str) -> dt.datetime:
+    try:
+        moment = dt.datetime.fromisoformat(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not an ISO 8601 instant"
+        ) from exc
+    if moment.utcoffset() is None:
+        raise argparse.ArgumentTypeError(f"{text!r} needs a UTC offset, e.g. +01:00")
+    return moment.astimezone(dt.UTC)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -109,7 +121,10 @@ def _parser() -> argparse.ArgumentParser:
     ).set_defaults(run=_audit_verify)
     expire = commands.add_parser("expire", help="record every overdue non-claim")
     expire.add_argument(
-        "--at", help="ISO 8601 instant to expire at (development clock only)"
+        "--at",
+        type=_instant,
+        help="ISO 8601 instant with its offset, e.g. 2027-01-10T00:00:00+01:00 "
+        "(development clock only)",
     )
     expire.set_defaults(run=_expire)
     demo = commands.add_parser("demo", help="run the demo against a real server")

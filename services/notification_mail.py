@@ -31,11 +31,11 @@ def compose_notification(
         letter_id=letter.id
     )
     kind_fr = {
-        "LRE": "lettre recommandée électronique (qualifiée)",
+        "LRE": "lettre recommandée électronique",
         "ERE": "envoi recommandé électronique simple",
     }[letter.kind.value]
     kind_en = {
-        "LRE": "qualified electronic registered letter",
+        "LRE": "electronic registered letter (LRE)",
         "ERE": "simple electronic registered delivery",
     }[letter.kind.value]
     message = EmailMessage()

@@ -26,6 +26,7 @@ from eventsourcing.utils import get_topic
 from pli.domain.clock import Clock
 from pli.domain.errors import RuleViolation
 from pli.domain.letter import Letter, LetterState
+from pli.infrastructure.event_store import BrokenHistory
 from pli.infrastructure.letters import LetterApplication, iso, letter_view
 from pli.infrastructure.views import LetterViewStore
 from pli.services.notification_mail import compose_notification
@@ -65,7 +66,19 @@ class Follower:
             return 0
         rows: list[dict[str, Any]] = []
         for notification in notifications:
-            rows += self.handle(notification)
+            try:
+                rows += self.handle(notification)
+            except BrokenHistory as broken:
+                # One letter whose seals fail must not stop every other
+                # letter's notification or proof; the audit reports it too.
+                logger.error(
+                    "event skipped: history fails verification follower=%s "
+                    "letter=%s version=%d reason=%s",
+                    self.name,
+                    broken.originator_id,
+                    broken.version,
+                    broken.reason,
+                )
         self.views.advance(self.name, notifications[-1].id, rows)
         return len(notifications)
 
@@ -142,12 +155,15 @@ class Expirer:
         self.letters = letters
         self.views = views
         self.clock = clock
+        self._broken: set[str] = set()
 
     def run_once(self, at: dt.datetime | None = None) -> int:
         """Expire the overdue letters the views know of; return how many."""
         now = at or self.clock.now()
         expired = 0
         for letter_id in self.views.overdue(iso(now) or ""):
+            if letter_id in self._broken:
+                continue
             try:
                 self.letters.expire(UUID(letter_id), at=now)
                 expired += 1
@@ -155,6 +171,16 @@ class Expirer:
                 # Another server expired it, or the recipient decided first.
                 logger.info(
                     "expiry skipped letter=%s rule=%s", letter_id, violation.rule
+                )
+            except BrokenHistory as broken:
+                # Reported once; the audit names it, the other letters go on.
+                self._broken.add(letter_id)
+                logger.error(
+                    "expiry skipped: history fails verification letter=%s "
+                    "version=%d reason=%s",
+                    letter_id,
+                    broken.version,
+                    broken.reason,
                 )
         return expired
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 from datetime import UTC, datetime
 from io import BytesIO
+from pathlib import Path
 from typing import Any
 from xml.sax.saxutils import escape
 from zoneinfo import ZoneInfo
@@ -28,7 +29,13 @@ from pli.domain.proofs import ProofKind
 from pli.domain.values import LetterKind
 from pli.services.proof_facts import EVIDENCE_FILE, ProofFacts
 
-__all__ = ["NON_QUALIFIED_LABEL", "TITLES", "compose_page", "own_time_field"]
+__all__ = [
+    "NON_QUALIFIED_LABEL",
+    "TITLES",
+    "compose_page",
+    "own_time_field",
+    "unprintable",
+]
 
 NON_QUALIFIED_LABEL = "Non-qualified: development seal and clock"
 _PARIS = ZoneInfo("Europe/Paris")
@@ -93,21 +100,45 @@ _DECISION_LABELS = {
 }
 
 
+_FONT_DIR = Path("/usr/share/fonts/truetype/dejavu")
+_FONTS = {
+    "Sans": "DejaVuSans.ttf",
+    "Sans-Bold": "DejaVuSans-Bold.ttf",
+    "Sans-Oblique": "DejaVuSans-Oblique.ttf",
+}
+
+
+@functools.cache
+def _register_fonts() -> frozenset[int]:
+    # DejaVu (Debian's fonts-dejavu-core) is embedded in the PDF, so the proof
+    # prints the same everywhere; it covers the Latin, Greek and Cyrillic
+    # scripts. Returns the code points the regular face can print.
+    for name, file in _FONTS.items():
+        path = _FONT_DIR / file
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} is missing: install fonts-dejavu-core")
+        pdfmetrics.registerFont(TTFont(name, str(path)))
+    face = pdfmetrics.getFont("Sans").face
+    return frozenset(face.charToGlyph)
+
+
+def unprintable(text: str) -> str:
+    """The characters of ``text`` that a proof page cannot print, in order."""
+    printable = _register_fonts()
+    return "".join(dict.fromkeys(ch for ch in text if ord(ch) not in printable))
+
+
 @functools.cache
 def _styles() -> dict[str, ParagraphStyle]:
-    # Bitstream Vera ships with reportlab and is embedded in the PDF, so the
-    # proof renders the same everywhere, accented French names included.
-    for name, file in (("Vera", "Vera.ttf"), ("Vera-Bd", "VeraBd.ttf")):
-        pdfmetrics.registerFont(TTFont(name, file))
-    pdfmetrics.registerFont(TTFont("Vera-It", "VeraIt.ttf"))
-    base = ParagraphStyle("base", fontName="Vera", fontSize=9, leading=12)
-    bold = ParagraphStyle("bold", base, fontName="Vera-Bd")
+    _register_fonts()
+    base = ParagraphStyle("base", fontName="Sans", fontSize=9, leading=12)
+    bold = ParagraphStyle("bold", base, fontName="Sans-Bold")
     return {
         "base": base,
         "small": ParagraphStyle("small", base, fontSize=7.5, leading=10),
         "title": ParagraphStyle("title", bold, fontSize=16, leading=20),
         "subtitle": ParagraphStyle(
-            "subtitle", base, fontName="Vera-It", fontSize=12, leading=18
+            "subtitle", base, fontName="Sans-Oblique", fontSize=12, leading=18
         ),
         "heading": ParagraphStyle("heading", bold, spaceBefore=8, spaceAfter=3),
         "warning": ParagraphStyle("warning", bold, textColor=colors.red),
@@ -168,7 +199,7 @@ def _compose_page(kind: ProofKind, facts: ProofFacts) -> bytes:
 
     def footer(canvas: Canvas, doc: SimpleDocTemplate) -> None:
         canvas.saveState()
-        canvas.setFont("Vera", 7)
+        canvas.setFont("Sans", 7)
         line = f"pli - {english} - {facts.letter_id} - page {doc.page}"
         canvas.drawString(_MARGIN, 10 * mm, line)
         canvas.restoreState()

@@ -35,8 +35,7 @@ _DOMAIN = "pli.v1"
 class BadRequestBytes:
     """Stands in for a request that could not be parsed."""
 
-    field: str
-    description: str
+    problems: list[tuple[str, str]]
 
 
 def _varint(data: bytes, pos: int) -> tuple[int, int]:
@@ -52,10 +51,13 @@ def _varint(data: bytes, pos: int) -> tuple[int, int]:
         shift += 7
 
 
-def find_invalid_utf8(descriptor: Descriptor, data: bytes, prefix: str = "") -> str:
-    """Name the first string field holding bytes that are not UTF-8, or ''."""
+def find_invalid_utf8(
+    descriptor: Descriptor, data: bytes, prefix: str = ""
+) -> list[str]:
+    """Name every string field holding bytes that are not UTF-8."""
     pos = 0
     seen: dict[int, int] = {}
+    found: list[str] = []
     try:
         while pos < len(data):
             key, pos = _varint(data, pos)
@@ -69,14 +71,12 @@ def find_invalid_utf8(descriptor: Descriptor, data: bytes, prefix: str = "") -> 
             elif wire_type == 2:
                 length, pos = _varint(data, pos)
                 chunk, pos = data[pos : pos + length], pos + length
-                found = _check_field(descriptor, number, chunk, prefix, seen)
-                if found:
-                    return found
+                found += _check_field(descriptor, number, chunk, prefix, seen)
             else:
-                return ""
+                return found
     except IndexError:
-        return ""
-    return ""
+        return found
+    return found
 
 
 def _check_field(
@@ -85,10 +85,10 @@ def _check_field(
     chunk: bytes,
     prefix: str,
     seen: dict[int, int],
-) -> str:
+) -> list[str]:
     field = descriptor.fields_by_number.get(number)
     if field is None:
-        return ""
+        return []
     name = prefix + field.name
     if field.is_repeated:
         index = seen.get(number, 0)
@@ -98,10 +98,10 @@ def _check_field(
         try:
             chunk.decode("utf-8")
         except UnicodeDecodeError:
-            return name
+            return [name]
     elif field.type == FieldDescriptor.TYPE_MESSAGE:
         return find_invalid_utf8(field.message_type, chunk, name + ".")
-    return ""
+    return []
 
 
 def _lenient_parser(message_class: Any) -> Callable[[bytes], Any]:
@@ -109,10 +109,10 @@ def _lenient_parser(message_class: Any) -> Callable[[bytes], Any]:
         try:
             return message_class.FromString(data)
         except DecodeError:
-            field = find_invalid_utf8(message_class.DESCRIPTOR, data)
-            if field:
-                return BadRequestBytes(field, "must be valid UTF-8")
-            return BadRequestBytes("request", "is not a valid protobuf message")
+            fields = find_invalid_utf8(message_class.DESCRIPTOR, data)
+            if fields:
+                return BadRequestBytes([(f, "must be valid UTF-8") for f in fields])
+            return BadRequestBytes([("request", "is not a valid protobuf message")])
 
     return parse
 
@@ -142,7 +142,7 @@ def generic_handler(
 def _refusing_bad_bytes(implementation: Callable[..., Any]) -> Callable[..., Any]:
     def handle(request: Any, context: grpc.ServicerContext) -> Any:
         if isinstance(request, BadRequestBytes):
-            abort_invalid(context, [(request.field, request.description)])
+            abort_invalid(context, request.problems)
         return implementation(request, context)
 
     return handle

@@ -241,3 +241,87 @@ def test_health_and_reflection_answer(pli: Pli) -> None:
 
     assert health.status == health_pb2.HealthCheckResponse.SERVING
     assert {"pli.v1.LetterService", "pli.v1.RecipientDeskService"} <= names
+
+
+def test_every_faulty_field_of_a_deposit_is_named_at_once(pli: Pli) -> None:
+    error = call_error(pli.letters.DepositLetter, pb.DepositLetterRequest())
+
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert {
+        "kind",
+        "idempotency_key",
+        "sender.name",
+        "sender.email",
+        "recipient.name",
+        "recipient.email",
+        "attachments",
+    } <= set(field_violations(error))
+
+
+def test_every_string_field_that_is_not_utf8_is_named(pli: Pli) -> None:
+    good = deposit_request(
+        sender=pb.Party(name="SENDX", email="a@b.fr"),
+        recipient=pb.Party(name="RECPX", email="c@d.fr"),
+    )
+    raw = good.SerializeToString()
+    raw = raw.replace(b"SENDX", b"SE\xffDX").replace(b"RECPX", b"RE\xfePX")
+    call = pli.channel.unary_unary(
+        "/pli.v1.LetterService/DepositLetter",
+        request_serializer=lambda data: data,
+        response_deserializer=pb.DepositLetterResponse.FromString,
+    )
+
+    error = call_error(call, raw)
+
+    assert field_violations(error) == ["sender.name", "recipient.name"]
+
+
+def test_a_name_the_proofs_cannot_print_is_refused_at_deposit(pli: Pli) -> None:
+    error = call_error(
+        pli.letters.DepositLetter,
+        deposit_request(recipient=pb.Party(name="山田太郎", email="t@example.jp")),
+    )
+
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert field_violations(error) == ["recipient.name"]
+    assert pli.event_count() == 0
+
+
+def test_names_in_latin_greek_and_cyrillic_scripts_are_accepted(pli: Pli) -> None:
+    letter = pli.letters.DepositLetter(
+        deposit_request(
+            sender=pb.Party(name="Łukasz Żółć", email="l@example.pl"),
+            recipient=pb.Party(name="Ελένη Иванова", email="e@example.gr"),
+        )
+    ).letter
+    assert letter.state == pb.LETTER_STATE_DEPOSITED
+
+
+def test_control_characters_in_identification_method_are_refused(pli: Pli) -> None:
+    letter = deposit_and_notify(pli)
+    before = pli.event_count()
+
+    error = call_error(
+        pli.desk.IdentifyRecipient,
+        pb.IdentifyRecipientRequest(
+            letter_id=letter.letter_id,
+            method="video\ncheck",
+            level=pb.ASSURANCE_LEVEL_HIGH,
+            verifier_reference="ref\x01",
+        ),
+    )
+
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert set(field_violations(error)) == {"method", "verifier_reference"}
+    assert pli.event_count() == before
+
+
+def test_empty_attachment_and_odd_media_type_are_refused(pli: Pli) -> None:
+    attachment = pb.Attachment(filename="a.pdf", media_type="pdf", content=b"")
+    error = call_error(
+        pli.letters.DepositLetter, deposit_request(attachments=[attachment])
+    )
+    assert set(field_violations(error)) == {
+        "attachments[0].media_type",
+        "attachments[0].content",
+    }
