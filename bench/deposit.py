@@ -114,6 +114,7 @@ def _serve(dsn: str, home: Path) -> tuple[subprocess.Popen[bytes], int]:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = int(probe.getsockname()[1])
+    home.mkdir(parents=True)
     env = dict(os.environ)
     env.update(
         {
@@ -130,7 +131,7 @@ def _serve(dsn: str, home: Path) -> tuple[subprocess.Popen[bytes], int]:
         [sys.executable, "-m", "pli.services.cli", "serve"],
         env=env,
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stderr=(home / "server.log").open("ab"),
     )
     channel = grpc.insecure_channel(f"127.0.0.1:{port}")
     health = health_pb2_grpc.HealthStub(channel)
@@ -173,6 +174,12 @@ def deposits(port: int, clients: int, seconds: float) -> tuple[float, list[float
     return count / seconds, latencies
 
 
+def _report_server_errors(log: Path) -> None:
+    errors = [line for line in log.read_text().splitlines() if " ERROR " in line]
+    if errors:
+        print(f"server logged {len(errors)} error(s); the first: {errors[0]}")
+
+
 def main() -> None:
     """Run both measurements and print the figures."""
     parser = argparse.ArgumentParser()
@@ -192,6 +199,7 @@ def main() -> None:
             finally:
                 server.terminate()
                 server.wait(timeout=30)
+                _report_server_errors(home / "server.log")
                 shutil.rmtree(home, ignore_errors=True)
     print(
         f"baseline: plain eventsourcing saves, {args.clients} threads: "

@@ -19,7 +19,6 @@ server's clock, which is not qualified.
 from __future__ import annotations
 
 import logging
-import threading
 from io import BytesIO
 from typing import Any
 
@@ -32,7 +31,7 @@ from pyhanko.sign import fields, signers
 from pyhanko.sign.pkcs11 import PKCS11Signer, open_pkcs11_session
 
 from pli.hsm.provision import ROOT_CERT_FILE
-from pli.hsm.token import SEAL_KEY_LABEL, TokenConfig, TokenUnavailable
+from pli.hsm.token import PKCS11_LOCK, SEAL_KEY_LABEL, TokenConfig, TokenUnavailable
 
 __all__ = ["SEAL_FIELD_NAME", "PdfSealer"]
 
@@ -54,7 +53,7 @@ class PdfSealer:
     def __init__(self, config: TokenConfig, *, key_label: str = SEAL_KEY_LABEL) -> None:
         self.config = config
         self.key_label = key_label
-        self._lock = threading.Lock()
+        self._lock = PKCS11_LOCK
         self._session: Any = None
         self._signer: PKCS11Signer | None = None
 

@@ -28,6 +28,7 @@ from pkcs11.util.ec import encode_ecdsa_signature
 
 __all__ = [
     "DEFAULT_MODULE",
+    "PKCS11_LOCK",
     "ROOT_KEY_LABEL",
     "SEAL_KEY_LABEL",
     "TokenConfig",
@@ -42,6 +43,11 @@ SEAL_KEY_LABEL = "pli-seal"
 ROOT_KEY_LABEL = "pli-dev-root"
 
 T = TypeVar("T")
+
+# python-pkcs11 initialises the module without asking it for OS locking, so
+# two threads calling into it at once can corrupt its state; every PKCS#11
+# call of this process (event seals and PDF seals alike) takes this lock.
+PKCS11_LOCK = threading.RLock()
 
 
 class TokenUnavailable(Exception):
@@ -105,7 +111,7 @@ class Token:
 
     def __init__(self, config: TokenConfig) -> None:
         self.config = config
-        self._lock = threading.RLock()
+        self._lock = PKCS11_LOCK
         self._session: Any = None
 
     def close(self) -> None:

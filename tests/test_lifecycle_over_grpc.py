@@ -179,3 +179,38 @@ def test_a_restarted_runtime_resumes_without_notifying_twice(
     again = pli.letters.GetLetter(pb.GetLetterRequest(letter_id=letter.letter_id))
     assert again.letter.version == version
     assert sorted(pli.runtime.settings.outbox_dir.iterdir()) == outbox
+
+
+def test_concurrent_deposits_while_processes_run_all_succeed(
+    settings,
+    clock,  # type: ignore[no-untyped-def]
+) -> None:
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    from pli.services.server import start_server
+
+    from conftest import connect
+
+    running = start_server(settings, clock, processes=True)
+    client = connect(running, clock)
+    try:
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            letters = list(
+                pool.map(
+                    lambda _: client.letters.DepositLetter(deposit_request()).letter,
+                    range(24),
+                )
+            )
+        deadline = time.monotonic() + 60
+        pending = {letter.letter_id for letter in letters}
+        while pending and time.monotonic() < deadline:
+            for letter_id in list(pending):
+                got = client.letters.GetLetter(pb.GetLetterRequest(letter_id=letter_id))
+                if list(got.letter.proofs) == [pb.PROOF_KIND_DEPOSIT]:
+                    pending.discard(letter_id)
+            time.sleep(0.1)
+        assert pending == set()
+    finally:
+        client.channel.close()
+        running.stop(grace=0)
