@@ -8,10 +8,10 @@ read back in chunks. Storing the same bytes twice stores them once.
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+
+from pli.infrastructure.files import write_atomically
 
 __all__ = ["CHUNK_SIZE", "ContentMissing", "ContentStore"]
 
@@ -36,17 +36,7 @@ class ContentStore:
         digest = hashlib.sha256(data).hexdigest()
         path = self._path(digest)
         if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".incoming-")
-            try:
-                with os.fdopen(fd, "wb") as handle:
-                    handle.write(data)
-                    handle.flush()
-                    os.fsync(handle.fileno())
-                os.replace(tmp, path)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
+            write_atomically(path, data)
         return digest, len(data)
 
     def check(self, sha256: str) -> None:

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import os
-import tempfile
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -27,6 +25,7 @@ from pli.domain.clock import Clock
 from pli.domain.errors import RuleViolation
 from pli.domain.letter import Letter, LetterState
 from pli.infrastructure.event_store import BrokenHistory
+from pli.infrastructure.files import write_atomically
 from pli.infrastructure.letters import LetterApplication, iso, letter_view
 from pli.infrastructure.views import LetterViewStore
 from pli.services.notification_mail import compose_notification
@@ -134,16 +133,9 @@ class Notifier(Follower):
             return []
         at = self.clock.now()
         message = compose_notification(letter, at, self.provider_name)
-        self._deliver(f"{letter.id}.eml", bytes(message))
+        write_atomically(self.outbox / f"{letter.id}.eml", bytes(message))
         self.letters.record_notified(letter.id, at)
         return []
-
-    def _deliver(self, name: str, data: bytes) -> None:
-        self.outbox.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.outbox, prefix=".sending-")
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, self.outbox / name)
 
 
 class Expirer:

@@ -18,8 +18,6 @@ replaces it, which makes re-running the proof builder harmless.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from io import BytesIO
 from pathlib import Path
 
@@ -35,6 +33,7 @@ from pyhanko.pdf_utils.writer import copy_into_new_writer
 
 from pli.domain.proofs import ProofKind
 from pli.hsm.pades import PdfSealer
+from pli.infrastructure.files import write_atomically
 from pli.services.proof_facts import (
     EVIDENCE_FILE,
     EVIDENCE_FORMAT,
@@ -96,27 +95,8 @@ class ProofWriter:
         )
 
         path = self.path_for(kind, facts.letter_id)
-        _write_atomically(path, sealed)
+        write_atomically(path, sealed)
         return path
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(descriptor, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
 
 
 def _attach_evidence(pdf: bytes, evidence: bytes) -> bytes:
