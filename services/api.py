@@ -148,22 +148,25 @@ def _fail(context: grpc.ServicerContext, exc: Exception) -> None:
     raise exc
 
 
+_MAPPED_ERRORS = (
+    InvalidInput,
+    RuleViolation,
+    LetterNotFound,
+    IdempotencyConflict,
+    ConcurrentChange,
+    TokenUnavailable,
+    OperationalError,
+    BrokenHistory,
+    ContentMissing,
+)
+
+
 def _mapped(method: Callable[..., T]) -> Callable[..., T]:
     @functools.wraps(method)
     def call(self: Any, request: Any, context: grpc.ServicerContext) -> T:
         try:
             return method(self, request, context)
-        except (
-            InvalidInput,
-            RuleViolation,
-            LetterNotFound,
-            IdempotencyConflict,
-            ConcurrentChange,
-            TokenUnavailable,
-            OperationalError,
-            BrokenHistory,
-            ContentMissing,
-        ) as exc:
+        except _MAPPED_ERRORS as exc:
             _fail(context, exc)
             raise
 
@@ -388,14 +391,5 @@ class RecipientDeskServicer(_LetterMessages):
                 first = False
             if first:
                 yield pb.DownloadContentResponse(attachment=info)
-        except (
-            InvalidInput,
-            RuleViolation,
-            LetterNotFound,
-            ConcurrentChange,
-            TokenUnavailable,
-            OperationalError,
-            BrokenHistory,
-            ContentMissing,
-        ) as exc:
+        except _MAPPED_ERRORS as exc:
             _fail(context, exc)
