@@ -26,6 +26,7 @@ from pli.domain.errors import RuleViolation
 from pli.domain.letter import Letter, LetterState
 from pli.infrastructure.event_store import BrokenHistory
 from pli.infrastructure.files import write_atomically
+from pli.infrastructure.lease import ProcessLease
 from pli.infrastructure.letters import LetterApplication, iso, letter_view
 from pli.infrastructure.views import LetterViewStore
 from pli.services.notification_mail import compose_notification
@@ -184,9 +185,11 @@ class ProcessRunner:
         self,
         steps: list[Callable[[], int]],
         poll_interval: float,
+        lease: ProcessLease | None = None,
     ) -> None:
         self.steps = steps
         self.poll_interval = poll_interval
+        self.lease = lease
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="pli-processes")
 
@@ -199,6 +202,8 @@ class ProcessRunner:
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join(timeout=30)
+        if self.lease is not None:
+            self.lease.release()
 
     def run_until_idle(self) -> None:
         """Run every step until none finds work (used by tests and one-shots)."""
@@ -208,6 +213,9 @@ class ProcessRunner:
     def _loop(self) -> None:
         backoff = self.poll_interval
         while not self._stop.is_set():
+            if self.lease is not None and not self.lease.held():
+                self._stop.wait(max(self.poll_interval, 1.0))
+                continue
             try:
                 worked = sum(step() for step in self.steps)
                 backoff = self.poll_interval

@@ -10,6 +10,7 @@ from pli.hsm.seal import EventSealer, SealVerifier
 from pli.hsm.token import Token
 from pli.infrastructure.clock import SystemClock
 from pli.infrastructure.content import ContentStore
+from pli.infrastructure.lease import ProcessLease
 from pli.infrastructure.letters import LetterApplication
 from pli.infrastructure.settings import Settings
 from pli.infrastructure.views import LetterViewStore
@@ -68,6 +69,7 @@ class Runtime:
                 expirer.run_once,
             ],
             settings.poll_interval,
+            lease=None if settings.is_embedded else ProcessLease(settings.database_url),
         )
         return cls(
             settings=settings,
