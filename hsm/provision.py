@@ -1,10 +1,11 @@
 """``pli hsm init``: create the development token, its keys and certificates.
 
 Everything here is idempotent: a second run finds the token, the keys and the
-certificates and leaves them alone. The keys are EC P-256, generated inside
-the token as sensitive and non-extractable; certificates are built with
-``cryptography`` and signed by the token, so no private key ever exists
-outside it. The chain is a development chain, labelled non-qualified in its
+certificates and leaves them alone. The signing keys are EC P-256 and the
+key that encrypts pli's stored secrets (``pli.hsm.secrets``) is AES-256, all
+generated inside the token as sensitive and non-extractable; certificates are
+built with ``cryptography`` and signed by the token, so no private key ever
+exists outside it. The chain is a development chain, labelled non-qualified in its
 subject names; production imports the operator's qualified certificates.
 """
 
@@ -27,6 +28,7 @@ from cryptography.x509.oid import NameOID
 from pkcs11 import Attribute, KeyType, ObjectClass
 from pkcs11.util.ec import encode_ec_public_key, encode_named_curve_parameters
 
+from pli.hsm.secrets import SECRETS_KEY_LABEL, generate_secrets_key, has_secret_key
 from pli.hsm.token import ROOT_KEY_LABEL, SEAL_KEY_LABEL, Token, TokenConfig
 
 __all__ = ["initialise_token", "ROOT_CERT_FILE", "SEAL_CERT_FILE"]
@@ -55,6 +57,9 @@ def initialise_token(config: TokenConfig) -> list[str]:
                 if not token.has_private_key(session, label):
                     _generate_ec_key(session, label)
                     created.append(f"key {label} (EC P-256, non-extractable)")
+            if not has_secret_key(session, SECRETS_KEY_LABEL):
+                generate_secrets_key(session, SECRETS_KEY_LABEL)
+                created.append(f"key {SECRETS_KEY_LABEL} (AES-256, non-extractable)")
         created += _issue_certificates(token, config)
     finally:
         token.close()

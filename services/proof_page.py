@@ -3,7 +3,9 @@
 French first, then English: the statement of what the proof proves with the
 time of that fact, both parties, the letter number, every time in UTC and in
 Paris time, the attachments' digests and the sealed events' digests, and a
-warning box whenever the time source is not qualified.
+warning box whenever the time source is not qualified. The building blocks
+(styles, tables, the warning box, the time formats) are public, so other
+sealed documents, such as the proof of consent, print the same way.
 """
 
 from __future__ import annotations
@@ -31,10 +33,17 @@ from pli.services.proof_facts import EVIDENCE_FILE, ProofFacts
 
 __all__ = [
     "NON_QUALIFIED_LABEL",
+    "PAGE_MARGIN",
+    "PAGE_WIDTH",
     "TITLES",
     "compose_page",
+    "grid",
     "own_time_field",
+    "page_styles",
+    "paris_text",
     "unprintable",
+    "utc_text",
+    "warning_box",
 ]
 
 NON_QUALIFIED_LABEL = "Non-qualified: development seal and clock"
@@ -48,8 +57,8 @@ TITLES = {
 }
 
 
-_MARGIN = 18 * mm
-_WIDTH = A4[0] - 2 * _MARGIN
+PAGE_MARGIN = 18 * mm
+PAGE_WIDTH = A4[0] - 2 * PAGE_MARGIN
 
 _PRODUCTS = {
     LetterKind.LRE: "Lettre recommandée électronique (LRE) / qualified electronic "
@@ -129,7 +138,8 @@ def unprintable(text: str) -> str:
 
 
 @functools.cache
-def _styles() -> dict[str, ParagraphStyle]:
+def page_styles() -> dict[str, ParagraphStyle]:
+    """The paragraph styles of proof pages, in the embedded DejaVu fonts."""
     _register_fonts()
     base = ParagraphStyle("base", fontName="Sans", fontSize=9, leading=12)
     bold = ParagraphStyle("bold", base, fontName="Sans-Bold")
@@ -147,16 +157,16 @@ def _styles() -> dict[str, ParagraphStyle]:
 
 
 def _compose_page(kind: ProofKind, facts: ProofFacts) -> bytes:
-    styles = _styles()
+    styles = page_styles()
     french, english = TITLES[kind]
     out = BytesIO()
     document = SimpleDocTemplate(
         out,
         pagesize=A4,
-        leftMargin=_MARGIN,
-        rightMargin=_MARGIN,
-        topMargin=_MARGIN,
-        bottomMargin=_MARGIN,
+        leftMargin=PAGE_MARGIN,
+        rightMargin=PAGE_MARGIN,
+        topMargin=PAGE_MARGIN,
+        bottomMargin=PAGE_MARGIN,
         title=f"{english} - letter {facts.letter_id}",
         author="pli",
         subject=f"{french} / {english}",
@@ -170,7 +180,7 @@ def _compose_page(kind: ProofKind, facts: ProofFacts) -> bytes:
         Spacer(1, 4 * mm),
     ]
     if not facts.qualified:
-        story += [_warning_box(), Spacer(1, 3 * mm)]
+        story += [warning_box(), Spacer(1, 3 * mm)]
     story += [
         Paragraph(_statement(kind, facts), styles["base"]),
         Paragraph("Parties et lettre / Parties and letter", styles["heading"]),
@@ -178,19 +188,19 @@ def _compose_page(kind: ProofKind, facts: ProofFacts) -> bytes:
         Paragraph("Dates et heures / Dates and times", styles["heading"]),
         _times_table(kind, facts),
         Paragraph("Pièces jointes / Attachments", styles["heading"]),
-        _grid(
+        grid(
             [("Fichier / File", "Octets / Bytes", "SHA-256")]
             + [(name, str(size), digest) for name, size, digest in facts.attachments],
-            [56 * mm, 20 * mm, _WIDTH - 76 * mm],
+            [56 * mm, 20 * mm, PAGE_WIDTH - 76 * mm],
             digests=True,
         ),
         Paragraph("Événements scellés / Sealed events", styles["heading"]),
-        _grid(
+        grid(
             [("Version", "Événement / Event", "Empreinte / Digest (SHA-256)")]
             + [
                 (str(version), event, digest) for version, event, digest in facts.events
             ],
-            [16 * mm, 58 * mm, _WIDTH - 74 * mm],
+            [16 * mm, 58 * mm, PAGE_WIDTH - 74 * mm],
             digests=True,
         ),
         Spacer(1, 4 * mm),
@@ -201,19 +211,20 @@ def _compose_page(kind: ProofKind, facts: ProofFacts) -> bytes:
         canvas.saveState()
         canvas.setFont("Sans", 7)
         line = f"pli - {english} - {facts.letter_id} - page {doc.page}"
-        canvas.drawString(_MARGIN, 10 * mm, line)
+        canvas.drawString(PAGE_MARGIN, 10 * mm, line)
         canvas.restoreState()
 
     document.build(story, onFirstPage=footer, onLaterPages=footer)
     return out.getvalue()
 
 
-def _warning_box() -> Table:
-    style = _styles()["warning"]
+def warning_box() -> Table:
+    """The red box that marks a document made with development keys and clock."""
+    style = page_styles()["warning"]
     french = "Non qualifié : cachet et horloge de développement"
     box = Table(
         [[Paragraph(NON_QUALIFIED_LABEL, style)], [Paragraph(french, style)]],
-        colWidths=[_WIDTH],
+        colWidths=[PAGE_WIDTH],
     )
     box.setStyle(TableStyle([("BOX", (0, 0), (-1, -1), 1.2, colors.red)]))
     return box
@@ -223,13 +234,13 @@ def _statement(kind: ProofKind, facts: ProofFacts) -> str:
     field, french, english = _STATEMENTS[kind]
     when = getattr(facts, field)
     french, english = (
-        french.format(when=_paris(when)),
-        english.format(when=_paris(when)),
+        french.format(when=paris_text(when)),
+        english.format(when=paris_text(when)),
     )
     # CPCE R.53-3 I: the proof of deposit is issued when the notification
     # leaves, so it also states when that was.
     if kind is ProofKind.DEPOSIT and facts.notified_at is not None:
-        notified = _paris(facts.notified_at)
+        notified = paris_text(facts.notified_at)
         french += " Le destinataire en a été avisé par courrier électronique le "
         french += f"{notified} (CPCE R.53-3 I)."
         english += f" The recipient was notified by e-mail on {notified}."
@@ -245,7 +256,7 @@ def _parties_table(facts: ProofFacts) -> Table:
             f"{facts.recipient_name}\n{facts.recipient_email}",
         ),
     ]
-    return _grid(rows, [62 * mm, _WIDTH - 62 * mm], header=False, style="base")
+    return grid(rows, [62 * mm, PAGE_WIDTH - 62 * mm], header=False, style="base")
 
 
 def _times_table(kind: ProofKind, facts: ProofFacts) -> Table:
@@ -254,10 +265,10 @@ def _times_table(kind: ProofKind, facts: ProofFacts) -> Table:
     )
     known = [(name, value) for name, value in facts.times() if value is not None]
     rows = [("", "UTC", "Europe/Paris")] + [
-        (labels[name], _utc(value), _paris(value))
+        (labels[name], utc_text(value), paris_text(value))
         for name, value in sorted(known, key=lambda item: item[1])
     ]
-    return _grid(rows, [70 * mm, 46 * mm, _WIDTH - 116 * mm])
+    return grid(rows, [70 * mm, 46 * mm, PAGE_WIDTH - 116 * mm])
 
 
 def _closing(facts: ProofFacts) -> str:
@@ -274,7 +285,7 @@ def _closing(facts: ProofFacts) -> str:
     return f"{escape(french)}<br/><i>{escape(english)}</i>"
 
 
-def _grid(
+def grid(
     rows: list[tuple[str, ...]],
     widths: list[float],
     *,
@@ -282,7 +293,8 @@ def _grid(
     digests: bool = False,
     style: str = "small",
 ) -> Table:
-    styles = _styles()
+    """A bordered table of text cells; with ``digests``, the last column in mono."""
+    styles = page_styles()
 
     def cell(text: str, row: int, column: int) -> Paragraph:
         mono = digests and column == len(widths) - 1 and row > 0
@@ -303,11 +315,13 @@ def _grid(
     return table
 
 
-def _utc(value: datetime) -> str:
+def utc_text(value: datetime) -> str:
+    """A time as printed on proofs, in UTC."""
     return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
-def _paris(value: datetime) -> str:
+def paris_text(value: datetime) -> str:
+    """A time as printed on proofs, in Paris civil time with its UTC offset."""
     local = value.astimezone(_PARIS)
     offset = local.strftime("%z")
     return local.strftime(f"%Y-%m-%d %H:%M:%S %Z (UTC{offset[:3]}:{offset[3:]})")

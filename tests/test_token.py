@@ -19,9 +19,10 @@ def test_pin_files_are_private(token_config: TokenConfig) -> None:
         assert (token_config.hsm_dir / name).stat().st_mode & 0o777 == 0o600
 
 
-def test_opensc_lists_a_non_extractable_seal_key(token_config: TokenConfig) -> None:
+def opensc_listing(token_config: TokenConfig) -> str:
+    """What OpenSC's pkcs11-tool lists in the token, logged in."""
     env = {"SOFTHSM2_CONF": str(token_config.softhsm_conf), "PATH": "/usr/bin:/bin"}
-    listing = subprocess.run(
+    return subprocess.run(
         [
             "pkcs11-tool",
             "--module",
@@ -38,12 +39,30 @@ def test_opensc_lists_a_non_extractable_seal_key(token_config: TokenConfig) -> N
         text=True,
         check=True,
     ).stdout
+
+
+def test_opensc_lists_a_non_extractable_seal_key(token_config: TokenConfig) -> None:
+    listing = opensc_listing(token_config)
     private_keys = listing.split("Private Key Object")[1:]
 
     assert len(private_keys) == 2
     assert all("never extractable" in block for block in private_keys)
     assert "label:      pli-seal" in listing
     assert listing.count("Certificate Object") == 2
+
+
+def test_opensc_lists_a_non_extractable_aes_key_for_secrets(
+    token_config: TokenConfig,
+) -> None:
+    listing = opensc_listing(token_config)
+    secret_keys = listing.split("Secret Key Object")[1:]
+
+    assert len(secret_keys) == 1
+    key = secret_keys[0].split("Object;")[0]
+    assert key.startswith("; AES length 32")
+    assert "label:      pli-secrets" in key
+    assert "Usage:      encrypt, decrypt\n" in key
+    assert "never extractable" in key
 
 
 def test_seal_certificate_chains_to_the_development_root(
