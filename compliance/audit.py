@@ -2,7 +2,8 @@
 
 The audit reads the stored events in commit order, checks each seal with
 the seal certificates alone (no token, no PIN), checks each chain link and
-version sequence per letter, rebuilds every letter view from the events and
+version sequence per aggregate (letters, sender accounts, consents),
+rebuilds every letter view from the events and
 compares it with the stored view, and checks that every attachment's stored
 bytes still match the digest the deposit bound. Each fault names the letter
 and version.
@@ -190,11 +191,14 @@ def _check_content(
     letters: LetterApplication, chains: dict[str, _Chain], report: AuditReport
 ) -> None:
     for letter_id, chain in chains.items():
-        if chain.broken or chain.aggregate is None:
+        letter = chain.aggregate
+        if chain.broken or not isinstance(letter, Letter):
             continue
-        for index, attachment in enumerate(chain.aggregate.attachments):
+        if letter.content_purged_at is not None:
+            continue
+        for index, attachment in enumerate(letter.attachments):
             try:
-                letters.content.check(attachment.sha256)
+                letters.content.check(letter.id, attachment.sha256)
             except ContentMissing:
                 report.faults.append(
                     Fault(
@@ -219,6 +223,8 @@ def _compare_views(
     for letter_id, chain in chains.items():
         if chain.broken or chain.projected_version == 0:
             continue
+        if not isinstance(chain.aggregate, Letter):
+            continue  # sender accounts and consents have no letter view
         stored = stored_views.pop(letter_id, None)
         if stored is None:
             report.faults.append(Fault(letter_id, 0, "no stored letter view"))

@@ -6,6 +6,7 @@ frontend can show the sender everything wrong with a deposit at once.
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 import unicodedata
 from dataclasses import dataclass
@@ -19,6 +20,8 @@ __all__ = [
     "AttachmentRef",
     "LetterKind",
     "Party",
+    "Recipient",
+    "RecipientType",
     "check_email",
     "check_text",
     "check_name",
@@ -28,6 +31,8 @@ MAX_NAME_LENGTH = 200
 MAX_EMAIL_LENGTH = 254
 MAX_FILENAME_LENGTH = 255
 SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+COMPANY_ID = re.compile(r"[0-9]{9}|[0-9]{14}")  # SIREN or SIRET
+BIRTHDATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 # RFC 6838 type/subtype names, without parameters.
 MEDIA_TYPE = re.compile(
     r"[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,62}/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,62}"
@@ -107,6 +112,96 @@ class Party:
     def as_dict(self) -> dict[str, str]:
         """The party as stored in an event."""
         return {"name": self.name, "email": self.email}
+
+
+class RecipientType(StrEnum):
+    """Whether the recipient receives as a consumer or as a professional."""
+
+    CONSUMER = "consumer"  # an LRE needs prior consent (CPCE L.100)
+    PROFESSIONAL = "professional"
+
+
+@dataclass(frozen=True)
+class Recipient:
+    """The recipient as the sender names them, to be matched at identification.
+
+    A natural person is named by given names, family name and, optionally,
+    birthdate. A company adds its name and SIREN or SIRET; the given and
+    family names are then those of the representative who will identify.
+    """
+
+    email: str
+    type: RecipientType
+    given_names: str
+    family_name: str
+    birthdate: str = ""
+    company_name: str = ""
+    company_id: str = ""
+
+    @property
+    def name(self) -> str:
+        """The name the proofs show: the company's, else the person's."""
+        if self.company_name:
+            return self.company_name
+        return f"{self.given_names} {self.family_name}"
+
+    @property
+    def is_company(self) -> bool:
+        """Whether a company is the recipient."""
+        return bool(self.company_id)
+
+    def problems(self, field: str) -> list[FieldProblem]:
+        """Everything wrong with this recipient, fields prefixed by ``field``."""
+        found = check_email(self.email, f"{field}.email")
+        found += check_name(self.given_names, f"{field}.given_names")
+        found += check_name(self.family_name, f"{field}.family_name")
+        if self.birthdate and not _is_date(self.birthdate):
+            found.append(
+                FieldProblem(f"{field}.birthdate", "must be a date like 1980-05-31")
+            )
+        if bool(self.company_name) != bool(self.company_id):
+            found.append(
+                FieldProblem(
+                    f"{field}.company_id",
+                    "a company needs both its name and its SIREN or SIRET",
+                )
+            )
+        if self.company_name:
+            found += check_name(self.company_name, f"{field}.company_name")
+        if self.company_id and not COMPANY_ID.fullmatch(self.company_id):
+            found.append(
+                FieldProblem(
+                    f"{field}.company_id", "must be a SIREN (9 digits) or SIRET (14)"
+                )
+            )
+        return found
+
+    def as_dict(self) -> dict[str, str]:
+        """The recipient as stored in an event."""
+        return {
+            "email": self.email,
+            "type": self.type.value,
+            "given_names": self.given_names,
+            "family_name": self.family_name,
+            "birthdate": self.birthdate,
+            "company_name": self.company_name,
+            "company_id": self.company_id,
+        }
+
+    @classmethod
+    def from_dict(cls, stored: dict[str, str]) -> Recipient:
+        """The recipient an event stored."""
+        return cls(**{**stored, "type": RecipientType(stored["type"])})
+
+
+def _is_date(value: str) -> bool:
+    if not BIRTHDATE.fullmatch(value):
+        return False
+    try:
+        dt.date.fromisoformat(value)
+    except ValueError:
+        return False
+    return True
 
 
 @dataclass(frozen=True)

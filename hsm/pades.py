@@ -118,10 +118,14 @@ class PdfSealer:
 
     def _open_session(self) -> Any:
         criteria = TokenCriteria(label=self.config.token_label)
+        pin = self.config.login_pin()
         try:
             return open_pkcs11_session(
-                self.config.module, token_criteria=criteria, user_pin=self.config.pin()
+                self.config.module, token_criteria=criteria, user_pin=pin
             )
+        except pkcs11.PinIncorrect:
+            self.config.reject_pin(pin)
+            raise
         except pkcs11.UserAlreadyLoggedIn:
             # PKCS#11 keeps one login per process and token, shared by all its
             # sessions: when another part of pli (the event sealer) is logged

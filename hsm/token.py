@@ -49,6 +49,11 @@ T = TypeVar("T")
 # call of this process (event seals and PDF seals alike) takes this lock.
 PKCS11_LOCK = threading.RLock()
 
+# Digests of PINs the token rejected in this process. A hardware token locks
+# its PIN after a few wrong tries, so pli never offers a rejected PIN twice:
+# it fails closed until the PIN it is configured with changes.
+_REJECTED_PINS: set[str] = set()
+
 
 class TokenUnavailable(Exception):
     """The token cannot be reached, logged into, or lacks the expected key."""
@@ -95,6 +100,26 @@ class TokenConfig:
         except OSError as exc:
             raise TokenUnavailable(f"no PIN available ({self.pin_file})") from exc
 
+    def login_pin(self) -> str:
+        """The PIN to log in with, unless the token already rejected it."""
+        pin = self.pin()
+        if self._pin_digest(pin) in _REJECTED_PINS:
+            raise TokenUnavailable("the token rejected this PIN; not retried")
+        return pin
+
+    def reject_pin(self, pin: str) -> None:
+        """Remember that the token rejected ``pin``."""
+        _REJECTED_PINS.add(self._pin_digest(pin))
+        logger.error(
+            "token rejected the PIN; it will not be offered again "
+            "token=%s",
+            self.token_label,
+        )
+
+    def _pin_digest(self, pin: str) -> str:
+        material = f"{self.hsm_dir}\0{self.token_label}\0{pin}".encode()
+        return hashlib.sha256(material).hexdigest()
+
     def activate(self) -> None:
         """Point SoftHSM2 at this home's configuration before the module loads."""
         if self.softhsm_conf.exists():
@@ -128,8 +153,12 @@ class Token:
         self.config.activate()
         lib = pkcs11.lib(self.config.module)
         token = lib.get_token(token_label=self.config.token_label)
+        pin = self.config.login_pin()
         try:
-            session = token.open(user_pin=self.config.pin(), rw=True)
+            session = token.open(user_pin=pin, rw=True)
+        except pkcs11.PinIncorrect:
+            self.config.reject_pin(pin)
+            raise
         except pkcs11.UserAlreadyLoggedIn:
             # PKCS#11 logins are per process: another session of this process
             # (the PDF sealer's) already logged in, and a new session shares it.

@@ -50,6 +50,7 @@ from pli.infrastructure.letters import ConcurrentChange
 
 __all__ = [
     "TOTP_ALGORITHM",
+    "ConsentNotFound",
     "Consents",
     "SenderAccountConflict",
     "SenderAccountNotFound",
@@ -71,6 +72,10 @@ _RETRIES = 12
 
 class SenderAccountNotFound(Exception):
     """No sender account has this id."""
+
+
+class ConsentNotFound(Exception):
+    """No consent was ever granted for this sender account and address."""
 
 
 class SenderAccountConflict(Exception):

@@ -1,15 +1,18 @@
-"""Letter content on the filesystem, addressed by its SHA-256 digest.
+"""Letter content on the filesystem, one folder per letter, by SHA-256.
 
 Content never enters the event store: the ``Deposited`` event binds each
 attachment's digest, and the bytes live here, written once and atomically,
-read back in chunks. Storing the same bytes twice stores them once.
+read back in chunks. Each letter keeps its own copy, so the retention
+policy can purge one letter's content without touching another's.
 """
 
 from __future__ import annotations
 
 import hashlib
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from uuid import UUID
 
 from pli.infrastructure.files import write_atomically
 
@@ -28,25 +31,32 @@ class ContentStore:
     def __init__(self, root: Path) -> None:
         self.root = root
 
-    def _path(self, sha256: str) -> Path:
-        return self.root / sha256[:2] / sha256
+    def _folder(self, letter_id: UUID) -> Path:
+        return self.root / str(letter_id)
 
-    def put(self, data: bytes) -> tuple[str, int]:
-        """Store ``data``; return its SHA-256 (hex) and size."""
+    def _path(self, letter_id: UUID, sha256: str) -> Path:
+        return self._folder(letter_id) / sha256
+
+    def put(self, letter_id: UUID, data: bytes) -> tuple[str, int]:
+        """Store ``data`` for a letter; return its SHA-256 (hex) and size."""
         digest = hashlib.sha256(data).hexdigest()
-        path = self._path(digest)
+        path = self._path(letter_id, digest)
         if not path.exists():
             write_atomically(path, data)
         return digest, len(data)
 
-    def check(self, sha256: str) -> None:
+    def check(self, letter_id: UUID, sha256: str) -> None:
         """Raise ContentMissing unless the stored bytes match their digest."""
-        for _ in self.read_chunks(sha256):
+        for _ in self.read_chunks(letter_id, sha256):
             pass
 
-    def read_chunks(self, sha256: str) -> Iterator[bytes]:
+    def purge(self, letter_id: UUID) -> None:
+        """Delete all of a letter's content."""
+        shutil.rmtree(self._folder(letter_id), ignore_errors=True)
+
+    def read_chunks(self, letter_id: UUID, sha256: str) -> Iterator[bytes]:
         """Yield the stored bytes in chunks, checking the digest at the end."""
-        path = self._path(sha256)
+        path = self._path(letter_id, sha256)
         if not path.is_file():
             raise ContentMissing(sha256)
         hasher = hashlib.sha256()

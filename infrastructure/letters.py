@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
-from uuid import NAMESPACE_URL, UUID, uuid5
+from uuid import NAMESPACE_URL, UUID, uuid4, uuid5
 
 from eventsourcing.application import AggregateNotFoundError
 from eventsourcing.persistence import IntegrityError
@@ -31,13 +31,15 @@ from eventsourcing.persistence import IntegrityError
 from pli.domain.clock import Clock
 from pli.domain.errors import FieldProblem, InvalidInput
 from pli.domain.letter import Letter, deposit_problems
-from pli.domain.values import Assurance, AttachmentRef, LetterKind, Party
+from pli.domain.values import Assurance, AttachmentRef, LetterKind, Party, Recipient
 from pli.hsm.seal import EventSealer, SealVerifier
 from pli.infrastructure.content import ContentStore
 from pli.infrastructure.event_store import SealedApplication
 
 __all__ = [
+    "Authorisation",
     "ConcurrentChange",
+    "DepositRequest",
     "IdempotencyConflict",
     "LetterApplication",
     "LetterNotFound",
@@ -75,6 +77,29 @@ class NewAttachment:
     content: bytes
 
 
+@dataclass(frozen=True)
+class DepositRequest:
+    """What a sender asks to deposit; the sender's identity is its account's."""
+
+    kind: LetterKind
+    sender_account_id: UUID
+    recipient: Recipient
+    subject: str
+    attachments: list[NewAttachment]
+
+
+@dataclass(frozen=True)
+class Authorisation:
+    """The sender a deposit was authorised for, and what to save with it.
+
+    ``also_save`` holds aggregates with pending events (the sender account's
+    use of a one-time code) that must be stored atomically with the letter.
+    """
+
+    sender: Party
+    also_save: tuple[Any, ...] = ()
+
+
 def iso(moment: dt.datetime | None) -> str | None:
     """A fixed-width UTC ISO 8601 form that sorts as text."""
     if moment is None:
@@ -86,6 +111,7 @@ def letter_view(letter: Letter) -> dict[str, Any]:
     """The read-model row of a letter (``pli.infrastructure.views``)."""
     return {
         "letter_id": str(letter.id),
+        "sender_account_id": str(letter.sender_account_id),
         "kind": letter.kind.value,
         "state": letter.state.value,
         "version": letter.version,
@@ -93,16 +119,16 @@ def letter_view(letter: Letter) -> dict[str, Any]:
         "notified_at": iso(letter.notified_at),
         "window_closes_at": iso(letter.window_closes_at),
         "decided_at": iso(letter.decided_at),
+        "content_purged_at": iso(letter.content_purged_at),
     }
 
 
-def _request_digest(
-    kind: LetterKind, sender: Party, recipient: Party, refs: list[AttachmentRef]
-) -> str:
+def _request_digest(request: DepositRequest, refs: list[AttachmentRef]) -> str:
     canonical = {
-        "kind": kind.value,
-        "sender": sender.as_dict(),
-        "recipient": recipient.as_dict(),
+        "kind": request.kind.value,
+        "sender_account_id": str(request.sender_account_id),
+        "recipient": request.recipient.as_dict(),
+        "subject": request.subject,
         "attachments": [r.as_dict() for r in refs],
     }
     encoded = json.dumps(canonical, sort_keys=True, ensure_ascii=False).encode()
@@ -129,15 +155,14 @@ def _key_problems(idempotency_key: str) -> list[FieldProblem]:
     ]
 
 
-def check_deposit(
-    idempotency_key: str,
-    sender: Party,
-    recipient: Party,
-    attachments: list[NewAttachment],
-) -> list[FieldProblem]:
+# Stands in for the account's verified sender while a request is checked.
+_ANY_SENDER = Party(name="sender", email="sender@example.fr")
+
+
+def check_deposit(idempotency_key: str, request: DepositRequest) -> list[FieldProblem]:
     """Everything wrong with a deposit request, without storing anything."""
     return _key_problems(idempotency_key) + deposit_problems(
-        sender, recipient, _refs(attachments)
+        _ANY_SENDER, request.recipient, _refs(request.attachments), request.subject
     )
 
 
@@ -160,41 +185,48 @@ class LetterApplication(SealedApplication):
 
     def deposit(
         self,
-        *,
         idempotency_key: str,
-        kind: LetterKind,
-        sender: Party,
-        recipient: Party,
-        attachments: list[NewAttachment],
+        request: DepositRequest,
+        authorise: Callable[[UUID], Authorisation],
     ) -> tuple[Letter, bool]:
-        """Deposit a letter; return it and whether this call created it."""
-        problems = _key_problems(idempotency_key)
+        """Deposit a letter; return it and whether this call created it.
+
+        A retry of a stored request returns the stored letter before
+        ``authorise`` runs, so it spends no second one-time code. For a new
+        letter, ``authorise(letter_id)`` checks the sender (account, consent,
+        second factor) and raises if the deposit may not go ahead.
+        """
+        problems = check_deposit(idempotency_key, request)
         if problems:
             raise InvalidInput(problems)
-        refs = _refs(attachments)
+        refs = _refs(request.attachments)
         letter_id = uuid5(_IDEMPOTENCY_NAMESPACE, idempotency_key)
-        digest = _request_digest(kind, sender, recipient, refs)
+        digest = _request_digest(request, refs)
+        existing = self._existing(letter_id)
+        if existing is not None:
+            return self._replayed(existing, digest), False
+        authorisation = authorise(letter_id)
         letter = Letter.deposit(
             letter_id=letter_id,
-            kind=kind,
-            sender=sender,
-            recipient=recipient,
+            kind=request.kind,
+            sender_account_id=request.sender_account_id,
+            sender=authorisation.sender,
+            recipient=request.recipient,
+            subject=request.subject,
             attachments=refs,
             request_digest=digest,
             at=self.clock.now(),
         )
-        existing = self._existing(letter_id)
-        if existing is not None:
-            return self._replayed(existing, digest), False
-        for attachment in attachments:
-            self.content.put(attachment.content)
+        for attachment in request.attachments:
+            self.content.put(letter_id, attachment.content)
         try:
-            self.save(letter)
+            self.save(letter, *authorisation.also_save)
         except IntegrityError:
             # A concurrent retry with the same key won the race.
+            # Or the sender account changed under a concurrent deposit.
             existing = self._existing(letter_id)
             if existing is None:
-                raise
+                raise ConcurrentChange(str(letter_id)) from None
             return self._replayed(existing, digest), False
         logger.info("letter deposited letter=%s event=Deposited", letter_id)
         return letter, True
@@ -244,25 +276,69 @@ class LetterApplication(SealedApplication):
         logger.info("letter notified letter=%s event=Notified", letter_id)
         return letter
 
+    def begin_identification(self, letter_id: UUID, nonce_digest: str) -> Letter:
+        """Open an identification attempt bound to a nonce's digest."""
+        attempt = uuid4().hex
+        letter = self._command(
+            letter_id,
+            lambda letter: letter.begin_identification(
+                attempt=attempt, nonce_digest=nonce_digest, at=self.clock.now()
+            ),
+        )
+        logger.info(
+            "identification started letter=%s event=IdentificationStarted", letter_id
+        )
+        return letter
+
+    def fail_identification(
+        self, letter_id: UUID, nonce_digest: str, reason: str
+    ) -> Letter:
+        """Record a failed identification attempt and its reason."""
+        letter = self._command(
+            letter_id,
+            lambda letter: letter.fail_identification(
+                nonce_digest=nonce_digest, reason=reason, at=self.clock.now()
+            ),
+        )
+        logger.info(
+            "identification failed letter=%s event=IdentificationFailed", letter_id
+        )
+        return letter
+
     def identify(
         self,
         letter_id: UUID,
         *,
-        method: str,
+        nonce_digest: str,
         level: Assurance,
-        verifier_reference: str,
+        issuer: str,
+        subject_digest: str,
+        qualified: bool,
     ) -> Letter:
-        """Record the recipient's identification."""
+        """Record the recipient's identification by an ID token."""
         letter = self._command(
             letter_id,
             lambda letter: letter.identify(
-                method=method,
+                nonce_digest=nonce_digest,
+                method="openid-connect",
                 level=level,
-                verifier_reference=verifier_reference,
+                issuer=issuer,
+                subject_digest=subject_digest,
+                qualified=qualified,
                 at=self.clock.now(),
             ),
         )
         logger.info("recipient identified letter=%s event=IdentityVerified", letter_id)
+        return letter
+
+    def purge_content(self, letter_id: UUID, policy: str) -> Letter:
+        """Record that the letter's content was purged under ``policy``."""
+        letter = self._command(
+            letter_id,
+            lambda letter: letter.purge_content(policy=policy, at=self.clock.now()),
+        )
+        self.content.purge(letter_id)
+        logger.info("content purged letter=%s event=ContentPurged", letter_id)
         return letter
 
     def accept(self, letter_id: UUID) -> Letter:
@@ -291,8 +367,9 @@ class LetterApplication(SealedApplication):
     def deliver_content(self, letter_id: UUID, attachment_index: int) -> Letter:
         """Record that an attachment is being handed over, once its bytes check."""
         letter = self.get(letter_id)
-        if 0 <= attachment_index < len(letter.attachments):
-            self.content.check(letter.attachments[attachment_index].sha256)
+        purged = letter.content_purged_at is not None
+        if not purged and 0 <= attachment_index < len(letter.attachments):
+            self.content.check(letter_id, letter.attachments[attachment_index].sha256)
         return self._command(
             letter_id,
             lambda letter: letter.deliver_content(attachment_index, self.clock.now()),

@@ -33,6 +33,8 @@ class Settings:
     token: TokenConfig
     poll_interval: float
     development_clock: bool
+    oidc_issuers: Path | None = None
+    content_retention_days: int | None = None
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -53,6 +55,8 @@ class Settings:
             token=TokenConfig.from_env(home),
             poll_interval=poll_interval,
             development_clock=os.environ.get("PLI_DEVELOPMENT_CLOCK", "") == "1",
+            oidc_issuers=_optional_path("PLI_OIDC_ISSUERS"),
+            content_retention_days=_retention_days(),
         )
 
     @property
@@ -69,6 +73,11 @@ class Settings:
     def proofs_dir(self) -> Path:
         """Where proof PDFs are written, one folder per letter."""
         return self.home / "proofs"
+
+    @property
+    def dev_idp_dir(self) -> Path:
+        """Where the development identity provider keeps its key and JWKS."""
+        return self.home / "dev-idp"
 
     @property
     def outbox_dir(self) -> Path:
@@ -101,3 +110,19 @@ class Settings:
             "POSTGRES_CONNECT_TIMEOUT": "5",
         }
         return env
+
+
+def _optional_path(name: str) -> Path | None:
+    value = os.environ.get(name, "")
+    return Path(value).resolve() if value else None
+
+
+def _retention_days() -> int | None:
+    value = os.environ.get("PLI_CONTENT_RETENTION_DAYS", "")
+    if not value:
+        return None
+    if not value.isdigit():
+        raise SettingsError(
+            f"PLI_CONTENT_RETENTION_DAYS={value!r} is not a whole number of days"
+        )
+    return int(value)

@@ -17,6 +17,7 @@ __all__ = ["LetterViewStore", "VIEW_COLUMNS"]
 
 VIEW_COLUMNS = (
     "letter_id",
+    "sender_account_id",
     "kind",
     "state",
     "version",
@@ -24,15 +25,19 @@ VIEW_COLUMNS = (
     "notified_at",
     "window_closes_at",
     "decided_at",
+    "content_purged_at",
 )
 
 _CREATE = (
     "CREATE TABLE IF NOT EXISTS pli_letter_views ("
-    "letter_id TEXT PRIMARY KEY, kind TEXT NOT NULL, state TEXT NOT NULL, "
+    "letter_id TEXT PRIMARY KEY, sender_account_id TEXT NOT NULL, "
+    "kind TEXT NOT NULL, state TEXT NOT NULL, "
     "version INTEGER NOT NULL, deposited_at TEXT NOT NULL, notified_at TEXT, "
-    "window_closes_at TEXT, decided_at TEXT)",
+    "window_closes_at TEXT, decided_at TEXT, content_purged_at TEXT)",
     "CREATE INDEX IF NOT EXISTS pli_letter_views_open "
     "ON pli_letter_views (state, window_closes_at)",
+    "CREATE INDEX IF NOT EXISTS pli_letter_views_sender "
+    "ON pli_letter_views (sender_account_id, deposited_at, letter_id)",
     "CREATE TABLE IF NOT EXISTS pli_positions ("
     "name TEXT PRIMARY KEY, position BIGINT NOT NULL)",
 )
@@ -117,5 +122,64 @@ class LetterViewStore:
                     "ORDER BY window_closes_at LIMIT %(limit)s"
                 ),
                 {"now": now_iso, "limit": limit},
+            )
+            return [str(row["letter_id"]) for row in cursor.fetchall()]
+
+    def sender_page(
+        self,
+        sender_account_id: str,
+        *,
+        states: list[str],
+        deposited_from: str | None,
+        deposited_before: str | None,
+        after: tuple[str, str] | None,
+        limit: int,
+    ) -> list[str]:
+        """One page of a sender's letter ids, newest deposit first.
+
+        ``after`` is the (deposited_at, letter_id) of the previous page's
+        last row: keyset pagination, stable while letters keep arriving.
+        """
+        clauses = ["sender_account_id = %(sender)s"]
+        params: dict[str, Any] = {"sender": sender_account_id, "limit": limit}
+        if states:
+            names = []
+            for index, state in enumerate(states):
+                params[f"state{index}"] = state
+                names.append(f"%(state{index})s")
+            clauses.append("state IN (" + ", ".join(names) + ")")
+        if deposited_from:
+            clauses.append("deposited_at >= %(from)s")
+            params["from"] = deposited_from
+        if deposited_before:
+            clauses.append("deposited_at < %(before)s")
+            params["before"] = deposited_before
+        if after:
+            clauses.append(
+                "(deposited_at < %(after_at)s OR "
+                "(deposited_at = %(after_at)s AND letter_id < %(after_id)s))"
+            )
+            params["after_at"], params["after_id"] = after
+        statement = (
+            "SELECT letter_id FROM pli_letter_views WHERE "
+            + " AND ".join(clauses)
+            + " ORDER BY deposited_at DESC, letter_id DESC LIMIT %(limit)s"
+        )
+        with self._cursor(commit=False) as cursor:
+            cursor.execute(self._sql(statement), params)
+            return [str(row["letter_id"]) for row in cursor.fetchall()]
+
+    def terminal_before(self, cutoff_iso: str, limit: int = 100) -> list[str]:
+        """Final letters decided before ``cutoff``, for the retention policy."""
+        with self._cursor(commit=False) as cursor:
+            cursor.execute(
+                self._sql(
+                    "SELECT letter_id FROM pli_letter_views "
+                    "WHERE state IN ('accepted', 'refused', 'expired') "
+                    "AND content_purged_at IS NULL "
+                    "AND decided_at < %(cutoff)s "
+                    "ORDER BY decided_at LIMIT %(limit)s"
+                ),
+                {"cutoff": cutoff_iso, "limit": limit},
             )
             return [str(row["letter_id"]) for row in cursor.fetchall()]

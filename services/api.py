@@ -10,9 +10,12 @@ DATA_LOSS.
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import functools
+import json
 import logging
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -26,23 +29,49 @@ from google.rpc import error_details_pb2
 from pli.domain.errors import FieldProblem, InvalidInput, RuleViolation
 from pli.domain.letter import Letter, LetterState
 from pli.domain.proofs import ProofKind, proofs_warranted
-from pli.domain.values import Assurance, LetterKind, Party
+from pli.domain.values import LetterKind, Recipient, RecipientType
+from pli.domain.window import last_day_to_decide
+from pli.hsm.secrets import SecretUnreadable
 from pli.hsm.token import TokenUnavailable
+from pli.infrastructure.accounts import (
+    ConsentNotFound,
+    SenderAccountConflict,
+    SenderAccountNotFound,
+)
 from pli.infrastructure.content import ContentMissing
 from pli.infrastructure.event_store import BrokenHistory
 from pli.infrastructure.letters import (
+    Authorisation,
     ConcurrentChange,
+    DepositRequest,
     IdempotencyConflict,
     LetterApplication,
     LetterNotFound,
     NewAttachment,
     check_deposit,
+    iso,
 )
+from pli.infrastructure.views import LetterViewStore
+from pli.services.identification import (
+    MAX_ID_TOKEN,
+    NONCE,
+    IdentityChecker,
+    NoIdentityProvider,
+    new_nonce,
+    nonce_digest,
+)
+from pli.services.processes import LETTER_TOPICS
 from pli.services.proof_page import unprintable
 from pli.services.wire import abort, abort_invalid, error_info, precondition
 from pli.v1 import letters_pb2 as pb
 
-__all__ = ["LetterServicer", "MAX_INLINE_CONTENT", "RecipientDeskServicer"]
+__all__ = [
+    "LetterServicer",
+    "MAX_INLINE_CONTENT",
+    "RecipientDeskServicer",
+    "mapped",
+    "timestamp",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -59,11 +88,17 @@ _STATE_TO_PB = {
     LetterState.REFUSED: pb.LETTER_STATE_REFUSED,
     LetterState.EXPIRED: pb.LETTER_STATE_EXPIRED,
 }
-_LEVELS = {
-    pb.ASSURANCE_LEVEL_LOW: Assurance.LOW,
-    pb.ASSURANCE_LEVEL_SUBSTANTIAL: Assurance.SUBSTANTIAL,
-    pb.ASSURANCE_LEVEL_HIGH: Assurance.HIGH,
+_STATES = {v: k for k, v in _STATE_TO_PB.items()}
+_LEVEL_TO_PB = {
+    1: pb.ASSURANCE_LEVEL_LOW,
+    2: pb.ASSURANCE_LEVEL_SUBSTANTIAL,
+    3: pb.ASSURANCE_LEVEL_HIGH,
 }
+_RECIPIENT_TYPES = {
+    pb.RECIPIENT_TYPE_CONSUMER: RecipientType.CONSUMER,
+    pb.RECIPIENT_TYPE_PROFESSIONAL: RecipientType.PROFESSIONAL,
+}
+_RECIPIENT_TYPE_TO_PB = {v: k for k, v in _RECIPIENT_TYPES.items()}
 _PROOF_KINDS = {
     pb.PROOF_KIND_DEPOSIT: ProofKind.DEPOSIT,
     pb.PROOF_KIND_RECEIPT: ProofKind.RECEIPT,
@@ -73,7 +108,8 @@ _PROOF_KINDS = {
 _PROOF_TO_PB = {v: k for k, v in _PROOF_KINDS.items()}
 
 
-def _timestamp(moment: dt.datetime | None) -> timestamp_pb2.Timestamp | None:
+def timestamp(moment: dt.datetime | None) -> timestamp_pb2.Timestamp | None:
+    """A protobuf timestamp, or None for a moment that has not come."""
     if moment is None:
         return None
     stamp = timestamp_pb2.Timestamp()
@@ -106,13 +142,30 @@ def _fail(context: grpc.ServicerContext, exc: Exception) -> None:
             exc.description,
             [precondition(exc.rule, "letter", exc.description)],
         )
-    if isinstance(exc, LetterNotFound):
-        resource = error_details_pb2.ResourceInfo(
-            resource_type="pli.v1.Letter",
-            resource_name=str(exc),
-            description="no letter has this id",
+    if isinstance(exc, NoIdentityProvider):
+        description = "no trusted identity provider is configured (PLI_OIDC_ISSUERS)"
+        abort(
+            context,
+            grpc.StatusCode.FAILED_PRECONDITION,
+            description,
+            [precondition("identity-provider-missing", "identification", description)],
         )
-        abort(context, grpc.StatusCode.NOT_FOUND, "no letter has this id", [resource])
+    not_found = _NOT_FOUND.get(type(exc))
+    if not_found is not None:
+        resource_type, description = not_found
+        resource = error_details_pb2.ResourceInfo(
+            resource_type=resource_type,
+            resource_name=str(exc),
+            description=description,
+        )
+        abort(context, grpc.StatusCode.NOT_FOUND, description, [resource])
+    if isinstance(exc, SenderAccountConflict):
+        abort(
+            context,
+            grpc.StatusCode.ALREADY_EXISTS,
+            "this idempotency key was already used to register another sender",
+            [error_info("IDEMPOTENCY_KEY_REUSED", account_id=str(exc))],
+        )
     if isinstance(exc, ConcurrentChange):
         retry = error_details_pb2.RetryInfo()
         retry.retry_delay.FromTimedelta(dt.timedelta(milliseconds=100))
@@ -137,7 +190,7 @@ def _fail(context: grpc.ServicerContext, exc: Exception) -> None:
             "the sealing token or the event store is unavailable; nothing was stored",
             [error_info("SEALING_UNAVAILABLE")],
         )
-    if isinstance(exc, BrokenHistory | ContentMissing):
+    if isinstance(exc, BrokenHistory | ContentMissing | SecretUnreadable):
         logger.error("stored history fails verification error=%s", exc)
         abort(
             context,
@@ -148,7 +201,21 @@ def _fail(context: grpc.ServicerContext, exc: Exception) -> None:
     raise exc
 
 
+_NOT_FOUND = {
+    LetterNotFound: ("pli.v1.Letter", "no letter has this id"),
+    SenderAccountNotFound: ("pli.v1.SenderAccount", "no sender account has this id"),
+    ConsentNotFound: (
+        "pli.v1.Consent",
+        "no consent was recorded for this sender account and address",
+    ),
+}
+
 _MAPPED_ERRORS = (
+    NoIdentityProvider,
+    SenderAccountNotFound,
+    SenderAccountConflict,
+    ConsentNotFound,
+    SecretUnreadable,
     InvalidInput,
     RuleViolation,
     LetterNotFound,
@@ -161,7 +228,9 @@ _MAPPED_ERRORS = (
 )
 
 
-def _mapped(method: Callable[..., T]) -> Callable[..., T]:
+def mapped(method: Callable[..., T]) -> Callable[..., T]:
+    """Map the pli exceptions a servicer method raises to gRPC statuses."""
+
     @functools.wraps(method)
     def call(self: Any, request: Any, context: grpc.ServicerContext) -> T:
         try:
@@ -173,11 +242,33 @@ def _mapped(method: Callable[..., T]) -> Callable[..., T]:
     return call
 
 
-class _LetterMessages:
-    """Turns letters into ``pli.v1.Letter`` messages."""
+def _recipient_message(recipient: Recipient) -> pb.Recipient:
+    return pb.Recipient(
+        email=recipient.email,
+        type=_RECIPIENT_TYPE_TO_PB[recipient.type],
+        given_names=recipient.given_names,
+        family_name=recipient.family_name,
+        birthdate=recipient.birthdate,
+        company_name=recipient.company_name,
+        company_id=recipient.company_id,
+    )
 
-    def __init__(self, proofs_dir: Path) -> None:
+
+def _attachment_infos(letter: Letter) -> list[pb.AttachmentInfo]:
+    return [
+        pb.AttachmentInfo(
+            filename=a.filename, media_type=a.media_type, size=a.size, sha256=a.sha256
+        )
+        for a in letter.attachments
+    ]
+
+
+class _LetterMessages:
+    """Turns letters into ``pli.v1.Letter`` and ``pli.v1.Notice`` messages."""
+
+    def __init__(self, proofs_dir: Path, provider_name: str = "") -> None:
         self.proofs_dir = proofs_dir
+        self.provider_name = provider_name
 
     def proof_path(self, letter_id: UUID, kind: ProofKind) -> Path:
         """Where the proof builder writes this proof."""
@@ -190,39 +281,85 @@ class _LetterMessages:
             for kind in proofs_warranted(letter.state)
             if self.proof_path(letter.id, kind).exists()
         ]
+        level = letter.identification_level
         return pb.Letter(
             letter_id=str(letter.id),
             kind=_KIND_TO_PB[letter.kind],
             state=_STATE_TO_PB[letter.state],
             sender=pb.Party(name=letter.sender.name, email=letter.sender.email),
-            recipient=pb.Party(
-                name=letter.recipient.name, email=letter.recipient.email
-            ),
-            attachments=[
-                pb.AttachmentInfo(
-                    filename=a.filename,
-                    media_type=a.media_type,
-                    size=a.size,
-                    sha256=a.sha256,
-                )
-                for a in letter.attachments
-            ],
-            deposited_at=_timestamp(letter.deposited_at),
-            notified_at=_timestamp(letter.notified_at),
-            window_closes_at=_timestamp(letter.window_closes_at),
-            identified_at=_timestamp(letter.identified_at),
-            decided_at=_timestamp(letter.decided_at),
+            recipient=_recipient_message(letter.recipient),
+            attachments=_attachment_infos(letter),
+            deposited_at=timestamp(letter.deposited_at),
+            notified_at=timestamp(letter.notified_at),
+            window_closes_at=timestamp(letter.window_closes_at),
+            identified_at=timestamp(letter.identified_at),
+            decided_at=timestamp(letter.decided_at),
             version=letter.version,
             proofs=available,
+            sender_account_id=str(letter.sender_account_id),
+            subject=letter.subject,
+            notification_failures=letter.notification_failures,
+            notification_failure_reason=letter.notification_failure_reason,
+            content_purged_at=timestamp(letter.content_purged_at),
+            identification_level=_LEVEL_TO_PB.get(int(level) if level else 0, 0),
         )
+
+    def notice(self, letter: Letter) -> pb.Notice:
+        """The recipient's view: the sender's side only once accepted."""
+        notice = pb.Notice(
+            letter_id=str(letter.id),
+            kind=_KIND_TO_PB[letter.kind],
+            state=_STATE_TO_PB[letter.state],
+            provider_name=self.provider_name,
+            notified_at=timestamp(letter.notified_at),
+            window_closes_at=timestamp(letter.window_closes_at),
+            identified_at=timestamp(letter.identified_at),
+            decided_at=timestamp(letter.decided_at),
+        )
+        if letter.notified_at is not None:
+            notice.last_day_to_decide = last_day_to_decide(
+                letter.notified_at
+            ).isoformat()
+        # CPCE R.53-3: the sender stays unknown to the recipient until the
+        # letter is accepted, and after a refusal or expiry as well.
+        if letter.state is LetterState.ACCEPTED:
+            notice.sender.CopyFrom(
+                pb.Party(name=letter.sender.name, email=letter.sender.email)
+            )
+            notice.subject = letter.subject
+            notice.attachments.extend(_attachment_infos(letter))
+        return notice
+
+
+def _recipient(request: pb.Recipient) -> Recipient:
+    return Recipient(
+        email=request.email,
+        type=_RECIPIENT_TYPES.get(request.type, RecipientType.CONSUMER),
+        given_names=request.given_names,
+        family_name=request.family_name,
+        birthdate=request.birthdate,
+        company_name=request.company_name,
+        company_id=request.company_id,
+    )
 
 
 def _deposit_problems(request: pb.DepositLetterRequest) -> list[FieldProblem]:
-    """What the service layer checks: the kind, the size, printability."""
+    """What the service layer checks: enums, size, ids, printability."""
     problems = []
     if request.kind not in _KINDS:
         problems.append(
             FieldProblem("kind", "must be LETTER_KIND_LRE or LETTER_KIND_ERE")
+        )
+    if not _is_uuid(request.sender_account_id):
+        problems.append(
+            FieldProblem("sender_account_id", "must be a sender account id (a UUID)")
+        )
+    if request.recipient.type not in _RECIPIENT_TYPES:
+        problems.append(
+            FieldProblem(
+                "recipient.type",
+                "must be RECIPIENT_TYPE_CONSUMER or RECIPIENT_TYPE_PROFESSIONAL",
+            )
         )
     if sum(len(a.content) for a in request.attachments) > MAX_INLINE_CONTENT:
         problems.append(
@@ -230,9 +367,11 @@ def _deposit_problems(request: pb.DepositLetterRequest) -> list[FieldProblem]:
         )
     # CPCE R.53-2: the proofs must show the parties' names, so a name the
     # proof page cannot print is refused at deposit rather than left blank.
+    recipient = request.recipient
     printed = [
-        ("sender.name", request.sender.name),
-        ("recipient.name", request.recipient.name),
+        ("recipient.given_names", recipient.given_names),
+        ("recipient.family_name", recipient.family_name),
+        ("recipient.company_name", recipient.company_name),
     ] + [
         (f"attachments[{i}].filename", a.filename)
         for i, a in enumerate(request.attachments)
@@ -246,45 +385,66 @@ def _deposit_problems(request: pb.DepositLetterRequest) -> list[FieldProblem]:
     return problems
 
 
+# Authorises a new deposit: checks the sender account, the consumer's consent
+# and the second factor for ``(request, second factor code)``, then returns a
+# callable the letters application calls with the new letter's id.
+Authoriser = Callable[[DepositRequest, str], Callable[[UUID], Authorisation]]
+
+_DEFAULT_PAGE = 20
+_MAX_PAGE = 100
+
+
 class LetterServicer(_LetterMessages):
     """``pli.v1.LetterService``: what a sender frontend may do."""
 
-    def __init__(self, letters: LetterApplication, proofs_dir: Path) -> None:
+    def __init__(
+        self,
+        letters: LetterApplication,
+        views: LetterViewStore,
+        proofs_dir: Path,
+        authoriser: Authoriser,
+        poll_interval: float = 0.2,
+    ) -> None:
         super().__init__(proofs_dir)
         self.letters = letters
+        self.views = views
+        self.authoriser = authoriser
+        self.poll_interval = poll_interval
+        self._owners: dict[UUID, UUID] = {}
 
-    @_mapped
+    @mapped
     def DepositLetter(  # noqa: N802 (gRPC method name)
         self, request: pb.DepositLetterRequest, context: grpc.ServicerContext
     ) -> pb.DepositLetterResponse:
         """Deposit a letter, idempotently."""
-        sender = Party(request.sender.name, request.sender.email)
-        recipient = Party(request.recipient.name, request.recipient.email)
-        attachments = [
-            NewAttachment(a.filename, a.media_type, a.content)
-            for a in request.attachments
-        ]
-        problems = [(p.field, p.description) for p in _deposit_problems(request)]
-        problems += [
-            (p.field, p.description)
-            for p in check_deposit(
-                request.idempotency_key, sender, recipient, attachments
-            )
-        ]
+        problems = _deposit_problems(request)
         if problems:
-            abort_invalid(context, problems)
+            # The remaining checks need a valid kind and account id.
+            deposit = None
+        else:
+            deposit = DepositRequest(
+                kind=_KINDS[request.kind],
+                sender_account_id=UUID(request.sender_account_id),
+                recipient=_recipient(request.recipient),
+                subject=request.subject,
+                attachments=[
+                    NewAttachment(a.filename, a.media_type, a.content)
+                    for a in request.attachments
+                ],
+            )
+            problems += check_deposit(request.idempotency_key, deposit)
+        if problems or deposit is None:
+            abort_invalid(context, [(p.field, p.description) for p in problems])
         letter, created = self.letters.deposit(
-            idempotency_key=request.idempotency_key,
-            kind=_KINDS[request.kind],
-            sender=sender,
-            recipient=recipient,
-            attachments=attachments,
+            request.idempotency_key,
+            deposit,
+            self.authoriser(deposit, request.second_factor_code),
         )
         if not created:
             logger.info("deposit replayed letter=%s", letter.id)
         return pb.DepositLetterResponse(letter=self.message(letter))
 
-    @_mapped
+    @mapped
     def GetLetter(  # noqa: N802
         self, request: pb.GetLetterRequest, context: grpc.ServicerContext
     ) -> pb.GetLetterResponse:
@@ -292,7 +452,7 @@ class LetterServicer(_LetterMessages):
         letter = self.letters.get(_letter_id(request.letter_id, context))
         return pb.GetLetterResponse(letter=self.message(letter))
 
-    @_mapped
+    @mapped
     def GetProof(  # noqa: N802
         self, request: pb.GetProofRequest, context: grpc.ServicerContext
     ) -> pb.GetProofResponse:
@@ -324,50 +484,196 @@ class LetterServicer(_LetterMessages):
             )
         return pb.GetProofResponse(kind=request.kind, pdf=path.read_bytes())
 
+    @mapped
+    def ListLetters(  # noqa: N802
+        self, request: pb.ListLettersRequest, context: grpc.ServicerContext
+    ) -> pb.ListLettersResponse:
+        """One page of the sender account's letters, newest first."""
+        problems = []
+        if not _is_uuid(request.sender_account_id):
+            problems.append(("sender_account_id", "must be an account id (a UUID)"))
+        if any(state not in _STATES for state in request.states):
+            problems.append(("states", "must name letter states"))
+        if not 0 <= request.page_size <= _MAX_PAGE:
+            problems.append(("page_size", f"must be between 0 and {_MAX_PAGE}"))
+        after = _page_key(request.page_token)
+        if request.page_token and after is None:
+            problems.append(("page_token", "is not a token this service issued"))
+        if problems:
+            abort_invalid(context, problems)
+        limit = request.page_size or _DEFAULT_PAGE
+        ids = self.views.sender_page(
+            str(UUID(request.sender_account_id)),
+            states=[_STATES[s].value for s in request.states],
+            deposited_from=_iso_or_none(request, "deposited_from"),
+            deposited_before=_iso_or_none(request, "deposited_before"),
+            after=after,
+            limit=limit + 1,
+        )
+        letters = [self.letters.get(UUID(i)) for i in ids[:limit]]
+        token = ""
+        if len(ids) > limit:
+            last = letters[-1]
+            token = _page_token(iso(last.deposited_at) or "", str(last.id))
+        return pb.ListLettersResponse(
+            letters=[self.message(letter) for letter in letters],
+            next_page_token=token,
+        )
+
+    def WatchLetters(  # noqa: N802
+        self, request: pb.WatchLettersRequest, context: grpc.ServicerContext
+    ) -> Iterator[pb.WatchLettersResponse]:
+        """Every change to the account's letters after a position, then live."""
+        problems = []
+        if not _is_uuid(request.sender_account_id):
+            problems.append(("sender_account_id", "must be an account id (a UUID)"))
+        if request.after_position < 0:
+            problems.append(("after_position", "must not be negative"))
+        if problems:
+            abort_invalid(context, problems)
+        account = UUID(request.sender_account_id)
+        position = request.after_position
+        try:
+            while context.is_active():
+                changes = self.letters.recorder.select_notifications(
+                    start=position + 1, limit=100, topics=LETTER_TOPICS
+                )
+                for change in changes:
+                    position = change.id
+                    if self._owner(change.originator_id) != account:
+                        continue
+                    letter = self.letters.repository.get(
+                        change.originator_id, version=change.originator_version
+                    )
+                    yield pb.WatchLettersResponse(
+                        position=change.id,
+                        letter_id=str(change.originator_id),
+                        event=change.topic.rpartition(".")[2],
+                        letter=self.message(letter),
+                    )
+                if not changes:
+                    time.sleep(self.poll_interval)
+        except _MAPPED_ERRORS as exc:
+            _fail(context, exc)
+
+    def _owner(self, letter_id: UUID) -> UUID:
+        owner = self._owners.get(letter_id)
+        if owner is None:
+            first = self.letters.repository.get(letter_id, version=1)
+            owner = first.sender_account_id
+            if len(self._owners) > 100_000:
+                self._owners.clear()
+            self._owners[letter_id] = owner
+        return owner
+
+
+def _iso_or_none(request: Any, field: str) -> str | None:
+    if not request.HasField(field):
+        return None
+    return iso(getattr(request, field).ToDatetime(tzinfo=dt.UTC))
+
+
+def _page_token(deposited_at: str, letter_id: str) -> str:
+    raw = json.dumps([deposited_at, letter_id]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _page_key(token: str) -> tuple[str, str] | None:
+    if not token:
+        return None
+    try:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+        deposited_at, letter_id = json.loads(raw)
+        dt.datetime.fromisoformat(deposited_at)
+        UUID(letter_id)
+    except (ValueError, TypeError):
+        return None
+    return str(deposited_at), str(letter_id)
+
 
 class RecipientDeskServicer(_LetterMessages):
-    """``pli.v1.RecipientDeskService``: identification, decision, hand-over."""
+    """``pli.v1.RecipientDeskService``: identification, decision, hand-over.
 
-    def __init__(self, letters: LetterApplication, proofs_dir: Path) -> None:
-        super().__init__(proofs_dir)
+    A letter not yet notified does not exist for the desk: the recipient
+    cannot know of it, so every call answers NOT_FOUND.
+    """
+
+    def __init__(
+        self,
+        letters: LetterApplication,
+        proofs_dir: Path,
+        provider_name: str,
+        identities: IdentityChecker,
+    ) -> None:
+        super().__init__(proofs_dir, provider_name)
         self.letters = letters
+        self.identities = identities
 
-    @_mapped
+    def _notified(self, letter_id: UUID) -> Letter:
+        letter = self.letters.get(letter_id)
+        if letter.state is LetterState.DEPOSITED:
+            raise LetterNotFound(str(letter_id))
+        return letter
+
+    @mapped
+    def GetNotice(  # noqa: N802
+        self, request: pb.GetNoticeRequest, context: grpc.ServicerContext
+    ) -> pb.GetNoticeResponse:
+        """The notice the recipient sees."""
+        letter = self._notified(_letter_id(request.letter_id, context))
+        return pb.GetNoticeResponse(notice=self.notice(letter))
+
+    @mapped
+    def BeginIdentification(  # noqa: N802
+        self, request: pb.BeginIdentificationRequest, context: grpc.ServicerContext
+    ) -> pb.BeginIdentificationResponse:
+        """Open an attempt and hand out its nonce."""
+        letter_id = _letter_id(request.letter_id, context)
+        self._notified(letter_id)
+        nonce = new_nonce()
+        self.letters.begin_identification(letter_id, nonce_digest(nonce))
+        return pb.BeginIdentificationResponse(nonce=nonce)
+
+    @mapped
     def IdentifyRecipient(  # noqa: N802
         self, request: pb.IdentifyRecipientRequest, context: grpc.ServicerContext
     ) -> pb.IdentifyRecipientResponse:
-        """Record the recipient's identification."""
+        """Check the ID token, record the outcome, answer with the notice."""
         problems = []
         if not _is_uuid(request.letter_id):
             problems.append(("letter_id", "must be a letter id (a UUID)"))
-        if request.level not in _LEVELS:
-            problems.append(("level", "must name an assurance level"))
+        if not NONCE.fullmatch(request.nonce):
+            problems.append(("nonce", "must be the nonce BeginIdentification gave"))
+        if not request.id_token or len(request.id_token) > MAX_ID_TOKEN:
+            problems.append(
+                ("id_token", f"must be an ID token of at most {MAX_ID_TOKEN} bytes")
+            )
         if problems:
             abort_invalid(context, problems)
         letter_id = UUID(request.letter_id)
-        letter = self.letters.identify(
-            letter_id,
-            method=request.method,
-            level=_LEVELS[request.level],
-            verifier_reference=request.verifier_reference,
-        )
-        return pb.IdentifyRecipientResponse(letter=self.message(letter))
+        self._notified(letter_id)
+        letter = self.identities.identify(letter_id, request.nonce, request.id_token)
+        return pb.IdentifyRecipientResponse(notice=self.notice(letter))
 
-    @_mapped
+    @mapped
     def AcceptLetter(  # noqa: N802
         self, request: pb.AcceptLetterRequest, context: grpc.ServicerContext
     ) -> pb.AcceptLetterResponse:
         """Record acceptance."""
-        letter = self.letters.accept(_letter_id(request.letter_id, context))
-        return pb.AcceptLetterResponse(letter=self.message(letter))
+        letter_id = _letter_id(request.letter_id, context)
+        self._notified(letter_id)
+        letter = self.letters.accept(letter_id)
+        return pb.AcceptLetterResponse(notice=self.notice(letter))
 
-    @_mapped
+    @mapped
     def RefuseLetter(  # noqa: N802
         self, request: pb.RefuseLetterRequest, context: grpc.ServicerContext
     ) -> pb.RefuseLetterResponse:
         """Record refusal."""
-        letter = self.letters.refuse(_letter_id(request.letter_id, context))
-        return pb.RefuseLetterResponse(letter=self.message(letter))
+        letter_id = _letter_id(request.letter_id, context)
+        self._notified(letter_id)
+        letter = self.letters.refuse(letter_id)
+        return pb.RefuseLetterResponse(notice=self.notice(letter))
 
     def DownloadContent(  # noqa: N802
         self, request: pb.DownloadContentRequest, context: grpc.ServicerContext
@@ -375,6 +681,7 @@ class RecipientDeskServicer(_LetterMessages):
         """Record the hand-over, then stream the attachment in chunks."""
         letter_id = _letter_id(request.letter_id, context)
         try:
+            self._notified(letter_id)
             letter = self.letters.deliver_content(letter_id, request.attachment_index)
             attachment = letter.attachments[request.attachment_index]
             info = pb.AttachmentInfo(
@@ -384,7 +691,7 @@ class RecipientDeskServicer(_LetterMessages):
                 sha256=attachment.sha256,
             )
             first = True
-            for chunk in self.letters.content.read_chunks(attachment.sha256):
+            for chunk in self.letters.content.read_chunks(letter.id, attachment.sha256):
                 yield pb.DownloadContentResponse(
                     attachment=info if first else None, chunk=chunk
                 )

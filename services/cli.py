@@ -85,6 +85,36 @@ def _expire(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _dev_id_token(settings: Settings, args: argparse.Namespace) -> int:
+    from pli.infrastructure.dev_idp import DevIdentityProvider
+
+    provider = DevIdentityProvider(settings.dev_idp_dir)
+    provider.ensure()
+    token = provider.issue(
+        given_name=args.given_name,
+        family_name=args.family_name,
+        birthdate=args.birthdate,
+        acr=args.acr,
+        nonce=args.nonce,
+        at=dt.datetime.now(dt.UTC),
+        siret=args.siret,
+    )
+    print(token)
+    print(
+        f"development identity provider (non-qualified); trust it with "
+        f"PLI_OIDC_ISSUERS={provider.issuers_file}",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def _birthdate(text: str) -> dt.date:
+    try:
+        return dt.date.fromisoformat(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a YYYY-MM-DD date") from exc
+
+
 def _demo(settings: Settings, args: argparse.Namespace) -> int:
     from pli.services.demo import run_demo
 
@@ -127,6 +157,23 @@ def _parser() -> argparse.ArgumentParser:
         "(development clock only)",
     )
     expire.set_defaults(run=_expire)
+    dev = commands.add_parser("dev", help="development helpers (non-qualified)")
+    dev_commands = dev.add_subparsers(dest="dev_command", required=True)
+    id_token = dev_commands.add_parser(
+        "id-token",
+        help="sign an ID token with the development identity provider",
+    )
+    id_token.add_argument("--given-name", required=True)
+    id_token.add_argument("--family-name", required=True)
+    id_token.add_argument("--birthdate", type=_birthdate)
+    id_token.add_argument(
+        "--acr", default="eidas2", help="eidas1, eidas2 or eidas3 (default eidas2)"
+    )
+    id_token.add_argument(
+        "--nonce", required=True, help="the nonce BeginIdentification returned"
+    )
+    id_token.add_argument("--siret", help="the company a representative acts for")
+    id_token.set_defaults(run=_dev_id_token)
     demo = commands.add_parser("demo", help="run the demo against a real server")
     demo.add_argument("--letter", help="file to deliver instead of the formal notice")
     demo.set_defaults(run=_demo)

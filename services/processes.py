@@ -31,7 +31,15 @@ from pli.infrastructure.letters import LetterApplication, iso, letter_view
 from pli.infrastructure.views import LetterViewStore
 from pli.services.notification_mail import compose_notification
 
-__all__ = ["Expirer", "Follower", "ProcessRunner", "Projector", "Notifier"]
+__all__ = [
+    "LETTER_TOPICS",
+    "Expirer",
+    "Follower",
+    "Notifier",
+    "ProcessRunner",
+    "Projector",
+    "Purger",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +47,14 @@ logger = logging.getLogger(__name__)
 def topic(event_class: type) -> str:
     """The topic under which ``eventsourcing`` stores an event class."""
     return get_topic(event_class)
+
+
+# Every event a letter can have; the log also holds accounts and consents.
+LETTER_TOPICS = tuple(
+    topic(member)
+    for member in vars(Letter).values()
+    if isinstance(member, type) and issubclass(member, Letter.Event)
+)
 
 
 class Follower:
@@ -94,6 +110,7 @@ class Projector(Follower):
     """Keeps the letter views (``pli_letter_views``) in step with the log."""
 
     name = "letter-views"
+    topics = LETTER_TOPICS
 
     def handle(self, notification: Notification) -> list[dict[str, Any]]:
         """The letter's view as of this event."""
@@ -176,6 +193,48 @@ class Expirer:
                     broken.reason,
                 )
         return expired
+
+
+class Purger:
+    """Purges the content of final letters once the retention period is over.
+
+    Only content goes: events and proofs are never deleted by pli, so the
+    proofs the law keeps (CPCE R.53-2, R.53-3: at least one year) and the
+    sender's access to them outlive any content policy.
+    """
+
+    def __init__(
+        self,
+        letters: LetterApplication,
+        views: LetterViewStore,
+        clock: Clock,
+        retention_days: int,
+    ) -> None:
+        self.letters = letters
+        self.views = views
+        self.clock = clock
+        self.retention = dt.timedelta(days=retention_days)
+        self.policy = f"content kept {retention_days} days after the final event"
+        self._skipped: set[str] = set()
+
+    def run_once(self) -> int:
+        """Purge the content of letters decided before the cutoff."""
+        cutoff = iso(self.clock.now() - self.retention) or ""
+        purged = 0
+        for letter_id in self.views.terminal_before(cutoff):
+            if letter_id in self._skipped:
+                continue
+            try:
+                self.letters.purge_content(UUID(letter_id), self.policy)
+                purged += 1
+            except (RuleViolation, BrokenHistory) as reason:
+                self._skipped.add(letter_id)
+                logger.info(
+                    "purge skipped letter=%s reason=%s",
+                    letter_id,
+                    type(reason).__name__,
+                )
+        return purged
 
 
 class ProcessRunner:

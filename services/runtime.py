@@ -7,14 +7,25 @@ from dataclasses import dataclass
 from pli.domain.clock import Clock
 from pli.hsm.pades import PdfSealer
 from pli.hsm.seal import EventSealer, SealVerifier
+from pli.hsm.secrets import SecretBox
 from pli.hsm.token import Token
+from pli.infrastructure.accounts import Consents, SenderAccounts
 from pli.infrastructure.clock import SystemClock
 from pli.infrastructure.content import ContentStore
 from pli.infrastructure.lease import ProcessLease
 from pli.infrastructure.letters import LetterApplication
+from pli.infrastructure.oidc import IdTokenVerifier, load_trusted_issuers
 from pli.infrastructure.settings import Settings
 from pli.infrastructure.views import LetterViewStore
-from pli.services.processes import Expirer, Notifier, ProcessRunner, Projector
+from pli.services.deposits import DepositAuthoriser
+from pli.services.identification import IdentityChecker
+from pli.services.processes import (
+    Expirer,
+    Notifier,
+    ProcessRunner,
+    Projector,
+    Purger,
+)
 from pli.services.proof_builder import ProofBuilder
 from pli.services.proofs import ProofWriter
 
@@ -30,6 +41,10 @@ class Runtime:
     token: Token
     pdf_sealer: PdfSealer
     letters: LetterApplication
+    accounts: SenderAccounts
+    consents: Consents
+    authoriser: DepositAuthoriser
+    identities: IdentityChecker
     views: LetterViewStore
     projector: Projector
     notifier: Notifier
@@ -49,6 +64,11 @@ class Runtime:
             clock=clock,
             content=ContentStore(settings.content_dir),
         )
+        accounts = SenderAccounts(letters, SecretBox(token), clock)
+        consents = Consents(letters, clock)
+        verifier = None
+        if settings.oidc_issuers is not None:
+            verifier = IdTokenVerifier(load_trusted_issuers(settings.oidc_issuers))
         views = LetterViewStore(
             letters.recorder.datastore, is_sqlite=settings.is_embedded
         )
@@ -61,13 +81,17 @@ class Runtime:
             letters, views, ProofWriter(pdf_sealer, settings.proofs_dir)
         )
         expirer = Expirer(letters, views, clock)
+        steps = [
+            projector.run_once,
+            notifier.run_once,
+            proof_builder.run_once,
+            expirer.run_once,
+        ]
+        if settings.content_retention_days is not None:
+            purger = Purger(letters, views, clock, settings.content_retention_days)
+            steps.append(purger.run_once)
         runner = ProcessRunner(
-            [
-                projector.run_once,
-                notifier.run_once,
-                proof_builder.run_once,
-                expirer.run_once,
-            ],
+            steps,
             settings.poll_interval,
             lease=None if settings.is_embedded else ProcessLease(settings.database_url),
         )
@@ -77,6 +101,10 @@ class Runtime:
             token=token,
             pdf_sealer=pdf_sealer,
             letters=letters,
+            accounts=accounts,
+            consents=consents,
+            authoriser=DepositAuthoriser(accounts, consents),
+            identities=IdentityChecker(letters, verifier, clock),
             views=views,
             projector=projector,
             notifier=notifier,

@@ -17,16 +17,21 @@ from grpc_reflection.v1alpha import reflection
 
 from pli.domain.clock import Clock
 from pli.infrastructure.settings import Settings
+from pli.services.accounts_api import ConsentServicer, SenderAccountServicer
 from pli.services.api import MAX_INLINE_CONTENT, LetterServicer, RecipientDeskServicer
 from pli.services.runtime import Runtime
 from pli.services.wire import generic_handler
-from pli.v1 import letters_pb2
+from pli.v1 import accounts_pb2, consents_pb2, letters_pb2
 
 __all__ = ["RunningServer", "start_server"]
 
 logger = logging.getLogger(__name__)
 
-_SERVICES = letters_pb2.DESCRIPTOR.services_by_name
+_SERVICES = {
+    **letters_pb2.DESCRIPTOR.services_by_name,
+    **accounts_pb2.DESCRIPTOR.services_by_name,
+    **consents_pb2.DESCRIPTOR.services_by_name,
+}
 
 
 @dataclass
@@ -61,17 +66,28 @@ def start_server(
         ],
     )
     proofs_dir = settings.proofs_dir
+    servicers = {
+        "LetterService": LetterServicer(
+            runtime.letters,
+            runtime.views,
+            proofs_dir,
+            runtime.authoriser,
+            settings.poll_interval,
+        ),
+        "RecipientDeskService": RecipientDeskServicer(
+            runtime.letters, proofs_dir, settings.provider_name, runtime.identities
+        ),
+        "SenderAccountService": SenderAccountServicer(runtime.accounts),
+        "ConsentService": ConsentServicer(
+            runtime.letters,
+            runtime.accounts,
+            runtime.consents,
+            runtime.pdf_sealer,
+            settings.provider_name,
+        ),
+    }
     server.add_generic_rpc_handlers(
-        [
-            generic_handler(
-                _SERVICES["LetterService"],
-                LetterServicer(runtime.letters, proofs_dir),
-            ),
-            generic_handler(
-                _SERVICES["RecipientDeskService"],
-                RecipientDeskServicer(runtime.letters, proofs_dir),
-            ),
-        ]
+        [generic_handler(_SERVICES[name], s) for name, s in servicers.items()]
     )
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

@@ -22,10 +22,15 @@ sys.path.insert(0, str(Path(__file__).parent))
 from pli.domain.clock import FixedClock  # noqa: E402
 from pli.hsm.provision import initialise_token  # noqa: E402
 from pli.hsm.token import DEFAULT_MODULE, TokenConfig  # noqa: E402
+from pli.infrastructure.dev_idp import DevIdentityProvider  # noqa: E402
 from pli.infrastructure.settings import Settings  # noqa: E402
 from pli.services.runtime import Runtime  # noqa: E402
 from pli.services.server import RunningServer, start_server  # noqa: E402
-from pli.v1 import letters_pb2_grpc  # noqa: E402
+from pli.v1 import (  # noqa: E402
+    accounts_pb2_grpc,
+    consents_pb2_grpc,
+    letters_pb2_grpc,
+)
 
 from postgres import fresh_database, postgres_server  # noqa: E402
 
@@ -71,7 +76,12 @@ def database_url(
 
 @pytest.fixture
 def settings(tmp_path: Path, token_config: TokenConfig, database_url: str) -> Settings:
-    """Settings for one test: its own home, the shared token, its database."""
+    """Settings for one test: its own home, the shared token, its database.
+
+    The development identity provider is trusted, as the demo trusts it.
+    """
+    identity_provider = DevIdentityProvider(tmp_path / "var" / "dev-idp")
+    identity_provider.ensure()
     return Settings(
         home=tmp_path / "var",
         database_url=database_url,
@@ -80,6 +90,7 @@ def settings(tmp_path: Path, token_config: TokenConfig, database_url: str) -> Se
         token=token_config,
         poll_interval=0.05,
         development_clock=True,
+        oidc_issuers=identity_provider.issuers_file,
     )
 
 
@@ -97,6 +108,8 @@ class Pli:
     channel: grpc.Channel
     letters: letters_pb2_grpc.LetterServiceStub
     desk: letters_pb2_grpc.RecipientDeskServiceStub
+    accounts: accounts_pb2_grpc.SenderAccountServiceStub
+    consents: consents_pb2_grpc.ConsentServiceStub
     clock: FixedClock
 
     @property
@@ -122,6 +135,8 @@ def connect(running: RunningServer, clock: FixedClock) -> Pli:
         channel=channel,
         letters=letters_pb2_grpc.LetterServiceStub(channel),
         desk=letters_pb2_grpc.RecipientDeskServiceStub(channel),
+        accounts=accounts_pb2_grpc.SenderAccountServiceStub(channel),
+        consents=consents_pb2_grpc.ConsentServiceStub(channel),
         clock=clock,
     )
 
