@@ -12,8 +12,12 @@ from pli.infrastructure.clock import SystemClock
 from pli.infrastructure.content import ContentStore
 from pli.infrastructure.lease import ProcessLease
 from pli.infrastructure.letters import LetterApplication
+from pli.infrastructure.mail_queue import MailQueue
 from pli.infrastructure.settings import Settings
+from pli.infrastructure.smtp import MailTransport, OutboxTransport, SmtpTransport
 from pli.infrastructure.views import LetterViewStore
+from pli.services.notification_delivery import NotificationDelivery
+from pli.services.notification_mail import MailComposer
 from pli.services.processes import Expirer, Notifier, ProcessRunner, Projector
 from pli.services.proof_builder import ProofBuilder
 from pli.services.proofs import ProofWriter
@@ -53,9 +57,7 @@ class Runtime:
             letters.recorder.datastore, is_sqlite=settings.is_embedded
         )
         projector = Projector(letters, views)
-        notifier = Notifier(
-            letters, views, clock, settings.outbox_dir, settings.provider_name
-        )
+        notifier = Notifier(letters, views, _delivery(settings, letters, clock))
         pdf_sealer = PdfSealer(settings.token)
         proof_builder = ProofBuilder(
             letters, views, ProofWriter(pdf_sealer, settings.proofs_dir)
@@ -90,3 +92,24 @@ class Runtime:
         self.letters.close()
         self.pdf_sealer.close()
         self.token.close()
+
+
+def _delivery(
+    settings: Settings, letters: LetterApplication, clock: Clock
+) -> NotificationDelivery:
+    """The notifier's mail queue, composer and transport, as configured."""
+    composer = MailComposer(
+        provider_name=settings.provider_name,
+        mail_from=settings.mail_from,
+        accept_url_template=settings.desk_accept_url_template,
+        refuse_url_template=settings.desk_refuse_url_template,
+    )
+    queue = MailQueue(letters.recorder.datastore, is_sqlite=settings.is_embedded)
+    return NotificationDelivery(letters, queue, _transport(settings), composer, clock)
+
+
+def _transport(settings: Settings) -> MailTransport:
+    """An SMTP relay when ``PLI_SMTP_HOST`` names one, else the ``.eml`` outbox."""
+    if settings.smtp is None:
+        return OutboxTransport(settings.outbox_dir)
+    return SmtpTransport(settings.smtp, settings.mail_from)
