@@ -305,6 +305,20 @@ class LetterApplication(SealedApplication):
         )
         return letter
 
+    def record_notification_failed(
+        self, letter_id: UUID, reason: str, at: dt.datetime
+    ) -> Letter:
+        """Record that the notification could not be delivered, and why."""
+        letter = self._command(
+            letter_id, lambda letter: letter.fail_notification(reason, at)
+        )
+        logger.info(
+            "notification failed letter=%s event=NotificationFailed reason=%s",
+            letter_id,
+            reason,
+        )
+        return letter
+
     def identify(
         self,
         letter_id: UUID,

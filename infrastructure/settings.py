@@ -2,8 +2,9 @@
 
 The embedded default needs no variable at all: SQLite, the SoftHSM token,
 content, proofs and the ``.eml`` outbox all live under ``./var`` (or
-``PLI_HOME``). Production sets ``PLI_DATABASE_URL`` to a PostgreSQL URL and
-``PLI_PKCS11_MODULE`` to its HSM's module; the README lists every variable.
+``PLI_HOME``). Production sets ``PLI_DATABASE_URL`` to a PostgreSQL URL,
+``PLI_PKCS11_MODULE`` to its HSM's module and ``PLI_SMTP_HOST`` to its mail
+relay; the README lists every variable.
 """
 
 from __future__ import annotations
@@ -14,8 +15,13 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from pli.hsm.token import TokenConfig
+from pli.infrastructure.smtp import SmtpSettings
 
 __all__ = ["Settings", "SettingsError"]
+
+DEFAULT_MAIL_FROM = "pli <no-reply@pli.invalid>"
+DEFAULT_ACCEPT_URL = "https://desk.pli.invalid/letters/{letter_id}/accept"
+DEFAULT_REFUSE_URL = "https://desk.pli.invalid/letters/{letter_id}/refuse"
 
 
 class SettingsError(ValueError):
@@ -35,6 +41,10 @@ class Settings:
     development_clock: bool
     oidc_issuers: Path | None = None
     content_retention_days: int | None = None
+    mail_from: str = DEFAULT_MAIL_FROM
+    desk_accept_url_template: str = DEFAULT_ACCEPT_URL
+    desk_refuse_url_template: str = DEFAULT_REFUSE_URL
+    smtp: SmtpSettings | None = None
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -57,6 +67,10 @@ class Settings:
             development_clock=os.environ.get("PLI_DEVELOPMENT_CLOCK", "") == "1",
             oidc_issuers=_optional_path("PLI_OIDC_ISSUERS"),
             content_retention_days=_retention_days(),
+            mail_from=os.environ.get("PLI_MAIL_FROM", DEFAULT_MAIL_FROM),
+            desk_accept_url_template=_desk_template("ACCEPT", DEFAULT_ACCEPT_URL),
+            desk_refuse_url_template=_desk_template("REFUSE", DEFAULT_REFUSE_URL),
+            smtp=_smtp_settings(),
         )
 
     @property
@@ -126,3 +140,27 @@ def _retention_days() -> int | None:
             f"PLI_CONTENT_RETENTION_DAYS={value!r} is not a whole number of days"
         )
     return int(value)
+
+
+def _desk_template(decision: str, default: str) -> str:
+    """A desk link template; ``PLI_DESK_URL_TEMPLATE`` serves both decisions."""
+    name = f"PLI_DESK_{decision}_URL_TEMPLATE"
+    template = os.environ.get(name) or os.environ.get("PLI_DESK_URL_TEMPLATE")
+    if not template:
+        return default
+    try:
+        link = template.format(letter_id="00000000-0000-0000-0000-000000000000")
+    except (KeyError, IndexError, ValueError) as exc:
+        raise SettingsError(
+            f"{name} may hold no placeholder but {{letter_id}}"
+        ) from exc
+    if link == template:
+        raise SettingsError(f"{name} must contain {{letter_id}}")
+    return template
+
+
+def _smtp_settings() -> SmtpSettings | None:
+    try:
+        return SmtpSettings.from_env()
+    except ValueError as exc:
+        raise SettingsError(str(exc)) from exc

@@ -2,10 +2,11 @@
 
 Each follower keeps its position in ``pli_positions`` and resumes there
 after a restart. Acting twice on one event is prevented where it matters:
-the notifier skips a letter that is no longer waiting to be notified, the
-proof builder rewrites the same file, the letter views carry their version,
-and the expirer relies on the letter's own rule (one expiry, after the
-window) and on optimistic concurrency between servers.
+the notifier only queues a notification, once per letter, in the durable
+mail queue (:mod:`pli.services.notification_delivery` sends it at most
+once), the proof builder rewrites the same file, the letter views carry
+their version, and the expirer relies on the letter's own rule (one expiry,
+after the window) and on optimistic concurrency between servers.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ import datetime as dt
 import logging
 import threading
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 from uuid import UUID
 
@@ -25,11 +25,10 @@ from pli.domain.clock import Clock
 from pli.domain.errors import RuleViolation
 from pli.domain.letter import Letter, LetterState
 from pli.infrastructure.event_store import BrokenHistory
-from pli.infrastructure.files import write_atomically
 from pli.infrastructure.lease import ProcessLease
 from pli.infrastructure.letters import LetterApplication, iso, letter_view
 from pli.infrastructure.views import LetterViewStore
-from pli.services.notification_mail import compose_notification
+from pli.services.notification_delivery import NotificationDelivery
 
 __all__ = [
     "LETTER_TOPICS",
@@ -121,11 +120,12 @@ class Projector(Follower):
 
 
 class Notifier(Follower):
-    """Sends each deposited letter's notification and records ``Notified``.
+    """Queues each deposited letter's notification, then has the queue delivered.
 
-    The embedded default delivers by writing one ``.eml`` per letter into the
-    outbox folder; the file name is the letter id, so a message rewritten
-    after a crash replaces itself instead of doubling.
+    Following the log only queues, and queueing is idempotent (one row per
+    letter), so a crash before the position is saved queues nothing twice.
+    The delivery sends what is due and records ``Notified`` once the
+    message has been taken; the ``.eml`` outbox or an SMTP relay takes it.
     """
 
     name = "notifier"
@@ -135,25 +135,21 @@ class Notifier(Follower):
         self,
         letters: LetterApplication,
         views: LetterViewStore,
-        clock: Clock,
-        outbox: Path,
-        provider_name: str,
+        delivery: NotificationDelivery,
     ) -> None:
         super().__init__(letters, views)
-        self.clock = clock
-        self.outbox = outbox
-        self.provider_name = provider_name
+        self.delivery = delivery
 
     def handle(self, notification: Notification) -> list[dict[str, Any]]:
-        """Write the message, then record that it left."""
+        """Queue the notification of a letter that still waits for one."""
         letter = self.letters.get(notification.originator_id)
-        if letter.state is not LetterState.DEPOSITED:
-            return []
-        at = self.clock.now()
-        message = compose_notification(letter, at, self.provider_name)
-        write_atomically(self.outbox / f"{letter.id}.eml", bytes(message))
-        self.letters.record_notified(letter.id, at)
+        if letter.state is LetterState.DEPOSITED and not letter.notification_failures:
+            self.delivery.enqueue_notification(letter)
         return []
+
+    def run_once(self) -> int:
+        """Queue the new deposits' notifications, then deliver what is due."""
+        return super().run_once() + self.delivery.run_once()
 
 
 class Expirer:

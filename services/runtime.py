@@ -14,11 +14,15 @@ from pli.infrastructure.clock import SystemClock
 from pli.infrastructure.content import ContentStore
 from pli.infrastructure.lease import ProcessLease
 from pli.infrastructure.letters import LetterApplication
+from pli.infrastructure.mail_queue import MailQueue
 from pli.infrastructure.oidc import IdTokenVerifier, load_trusted_issuers
 from pli.infrastructure.settings import Settings
+from pli.infrastructure.smtp import MailTransport, OutboxTransport, SmtpTransport
 from pli.infrastructure.views import LetterViewStore
 from pli.services.deposits import DepositAuthoriser
 from pli.services.identification import IdentityChecker
+from pli.services.notification_delivery import NotificationDelivery
+from pli.services.notification_mail import MailComposer
 from pli.services.processes import (
     Expirer,
     Notifier,
@@ -73,9 +77,7 @@ class Runtime:
             letters.recorder.datastore, is_sqlite=settings.is_embedded
         )
         projector = Projector(letters, views)
-        notifier = Notifier(
-            letters, views, clock, settings.outbox_dir, settings.provider_name
-        )
+        notifier = Notifier(letters, views, _delivery(settings, letters, clock))
         pdf_sealer = PdfSealer(settings.token)
         proof_builder = ProofBuilder(
             letters, views, ProofWriter(pdf_sealer, settings.proofs_dir)
@@ -118,3 +120,24 @@ class Runtime:
         self.letters.close()
         self.pdf_sealer.close()
         self.token.close()
+
+
+def _delivery(
+    settings: Settings, letters: LetterApplication, clock: Clock
+) -> NotificationDelivery:
+    """The notifier's mail queue, composer and transport, as configured."""
+    composer = MailComposer(
+        provider_name=settings.provider_name,
+        mail_from=settings.mail_from,
+        accept_url_template=settings.desk_accept_url_template,
+        refuse_url_template=settings.desk_refuse_url_template,
+    )
+    queue = MailQueue(letters.recorder.datastore, is_sqlite=settings.is_embedded)
+    return NotificationDelivery(letters, queue, _transport(settings), composer, clock)
+
+
+def _transport(settings: Settings) -> MailTransport:
+    """An SMTP relay when ``PLI_SMTP_HOST`` names one, else the ``.eml`` outbox."""
+    if settings.smtp is None:
+        return OutboxTransport(settings.outbox_dir)
+    return SmtpTransport(settings.smtp, settings.mail_from)
