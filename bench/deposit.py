@@ -33,8 +33,12 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
+from pli.v1 import accounts_pb2 as apb
+from pli.v1 import (
+    accounts_pb2_grpc,
+    letters_pb2_grpc,  # noqa: E402
+)
 from pli.v1 import letters_pb2 as pb  # noqa: E402
-from pli.v1 import letters_pb2_grpc  # noqa: E402
 
 from postgres import fresh_database, postgres_server  # noqa: E402
 
@@ -153,13 +157,36 @@ def deposits(port: int, clients: int, seconds: float) -> tuple[float, list[float
         for _ in range(clients)
     ]
 
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    account = (
+        accounts_pb2_grpc.SenderAccountServiceStub(channel)
+        .RegisterSenderAccount(
+            apb.RegisterSenderAccountRequest(
+                idempotency_key="bench-sender",
+                identity=pb.Party(name="Bench Sender", email="sender@bench.example"),
+                level=pb.ASSURANCE_LEVEL_SUBSTANTIAL,
+                method=apb.VERIFICATION_METHOD_IN_PERSON,
+                verifier_reference="bench",
+            )
+        )
+        .account
+    )
+    recipient = pb.Recipient(
+        email="to@bench.example",
+        type=pb.RECIPIENT_TYPE_PROFESSIONAL,
+        given_names="Bench",
+        family_name="Recipient",
+    )
+
+    # ERE: an LRE's one-time code is accepted once per 30-second step and
+    # account, which would measure the sender's patience, not pli.
     def deposit(worker: int) -> None:
         stubs[worker].DepositLetter(
             pb.DepositLetterRequest(
                 idempotency_key=str(uuid.uuid4()),
-                kind=pb.LETTER_KIND_LRE,
-                sender=pb.Party(name="Bench Sender", email="sender@bench.example"),
-                recipient=pb.Party(name="Bench Recipient", email="to@bench.example"),
+                kind=pb.LETTER_KIND_ERE,
+                sender_account_id=account.account_id,
+                recipient=recipient,
                 attachments=[
                     pb.Attachment(
                         filename="letter.pdf",

@@ -57,6 +57,7 @@ class AuditReport:
     """What the audit checked and what it found."""
 
     events: int = 0
+    aggregates: int = 0
     letters: int = 0
     views_compared: int = 0
     faults: list[Fault] = field(default_factory=list)
@@ -130,7 +131,8 @@ def audit(letters: LetterApplication, views: LetterViewStore) -> AuditReport:
     for notification in _notifications(letters, report):
         report.events += 1
         _audit_event(letters, store, chains, notification, projected_to, report)
-    report.letters = len(chains)
+    report.aggregates = len(chains)
+    report.letters = sum(isinstance(c.aggregate, Letter) for c in chains.values())
     _compare_views(chains, views, report)
     _check_content(letters, chains, report)
     return report

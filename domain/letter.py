@@ -425,6 +425,8 @@ class Letter(Aggregate):
             raise InvalidInput(
                 [FieldProblem("attachment_index", "no attachment at this position")]
             )
+        if attachment_index in self.delivered:
+            return  # the first hand-over is the evidence; downloads may repeat
         self.trigger_event(
             self.ContentDelivered, timestamp=at, attachment_index=attachment_index
         )

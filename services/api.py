@@ -343,6 +343,10 @@ def _recipient(request: pb.Recipient) -> Recipient:
     )
 
 
+def _uuid_or_nil(value: str) -> UUID:
+    return UUID(value) if _is_uuid(value) else UUID(int=0)
+
+
 def _deposit_problems(request: pb.DepositLetterRequest) -> list[FieldProblem]:
     """What the service layer checks: enums, size, ids, printability."""
     problems = []
@@ -418,22 +422,25 @@ class LetterServicer(_LetterMessages):
     ) -> pb.DepositLetterResponse:
         """Deposit a letter, idempotently."""
         problems = _deposit_problems(request)
+        # The domain checks every other field, with stand-ins for the fields
+        # the service layer already found wrong, so all are named at once.
+        deposit = DepositRequest(
+            kind=_KINDS.get(request.kind, LetterKind.LRE),
+            sender_account_id=_uuid_or_nil(request.sender_account_id),
+            recipient=_recipient(request.recipient),
+            subject=request.subject,
+            attachments=[
+                NewAttachment(a.filename, a.media_type, a.content)
+                for a in request.attachments
+            ],
+        )
+        named = {p.field for p in problems}
+        problems += [
+            p
+            for p in check_deposit(request.idempotency_key, deposit)
+            if p.field not in named
+        ]
         if problems:
-            # The remaining checks need a valid kind and account id.
-            deposit = None
-        else:
-            deposit = DepositRequest(
-                kind=_KINDS[request.kind],
-                sender_account_id=UUID(request.sender_account_id),
-                recipient=_recipient(request.recipient),
-                subject=request.subject,
-                attachments=[
-                    NewAttachment(a.filename, a.media_type, a.content)
-                    for a in request.attachments
-                ],
-            )
-            problems += check_deposit(request.idempotency_key, deposit)
-        if problems or deposit is None:
             abort_invalid(context, [(p.field, p.description) for p in problems])
         letter, created = self.letters.deposit(
             request.idempotency_key,

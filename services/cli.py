@@ -56,7 +56,8 @@ def _audit_verify(settings: Settings, _: argparse.Namespace) -> int:
         print(fault)
     verdict = "clean" if report.clean else f"{len(report.faults)} fault(s)"
     print(
-        f"audit: {report.events} events of {report.letters} letters checked, "
+        f"audit: {report.events} events of {report.aggregates} aggregates "
+        f"({report.letters} letters) checked, "
         f"{report.views_compared} views compared: {verdict}"
     )
     return 0 if report.clean else 1

@@ -200,3 +200,12 @@ class Frontend:
             chunks.append(part.chunk)
         assert info is not None
         return info, b"".join(chunks)
+
+    def identify_request(
+        self, letter_id: str, **claims: object
+    ) -> pb.IdentifyRecipientRequest:
+        """A fresh attempt's request with a token for ``claims``, not yet sent."""
+        nonce = self.begin(letter_id)
+        return pb.IdentifyRecipientRequest(
+            letter_id=letter_id, nonce=nonce, id_token=self.id_token(nonce, **claims)
+        )

@@ -13,7 +13,7 @@ from pli.infrastructure.settings import Settings
 from pli.v1 import letters_pb2 as pb
 
 from conftest import Pli
-from test_lifecycle_over_grpc import deposit_and_notify, identify
+from frontend import Frontend
 
 
 def run_audit(settings: Settings) -> subprocess.CompletedProcess[str]:
@@ -34,11 +34,11 @@ def run_audit(settings: Settings) -> subprocess.CompletedProcess[str]:
     )
 
 
-def accepted_letter(pli: Pli) -> str:
-    letter = deposit_and_notify(pli)
-    identify(pli, letter.letter_id)
-    pli.desk.AcceptLetter(pb.AcceptLetterRequest(letter_id=letter.letter_id))
-    pli.run_processes()
+def accepted_letter(front: Frontend) -> str:
+    letter = front.deposit_and_notify()
+    front.identify(letter.letter_id)
+    front.accept(letter.letter_id)
+    front.pli.run_processes()
     return letter.letter_id
 
 
@@ -90,13 +90,17 @@ def delete_event(pli: Pli, letter_id: str, version: int) -> None:
 
 @pytest.fixture
 def two_letters(pli: Pli) -> tuple[str, str]:
-    return accepted_letter(pli), accepted_letter(pli)
+    """Two accepted letters of one sender account."""
+    front = Frontend(pli)
+    return accepted_letter(front), accepted_letter(front)
 
 
 def test_untouched_store_audits_clean(pli: Pli, two_letters: tuple[str, str]) -> None:
     result = run_audit(pli.runtime.settings)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "8 events of 2 letters" in result.stdout
+    # Every event: both letters' and their sender account's.
+    assert f"audit: {pli.event_count()} events of 3 aggregates" in result.stdout
+    assert "(2 letters)" in result.stdout
 
 
 def test_one_changed_byte_is_found(pli: Pli, two_letters: tuple[str, str]) -> None:
@@ -126,7 +130,9 @@ def test_a_deleted_middle_event_is_found(
 
 def test_a_deleted_last_event_is_found(pli: Pli, two_letters: tuple[str, str]) -> None:
     victim, _ = two_letters
-    delete_event(pli, victim, 4)
+    last = pli.letters.GetLetter(pb.GetLetterRequest(letter_id=victim)).letter.version
+    assert last == 5  # Deposited, Notified, IdentificationStarted, ..., Accepted
+    delete_event(pli, victim, last)
 
     result = run_audit(pli.runtime.settings)
 
@@ -170,7 +176,7 @@ def test_changed_content_is_not_handed_over_nor_recorded(
     victim, _ = two_letters
     letter = pli.letters.GetLetter(pb.GetLetterRequest(letter_id=victim)).letter
     digest = letter.attachments[0].sha256
-    stored = pli.runtime.settings.content_dir / digest[:2] / digest
+    stored = pli.runtime.settings.content_dir / victim / digest
     stored.write_bytes(stored.read_bytes() + b"!")
     events = pli.event_count()
 
@@ -216,8 +222,9 @@ def test_a_null_state_is_data_loss_and_named_by_the_audit(
 def test_one_broken_letter_does_not_stop_the_expirer(pli: Pli) -> None:
     import datetime as dt
 
-    broken = deposit_and_notify(pli)
-    healthy = deposit_and_notify(pli)
+    front = Frontend(pli)
+    broken = front.deposit_and_notify()
+    healthy = front.deposit_and_notify()
     state = bytearray(read_state(pli, broken.letter_id, 2))
     state[-3] ^= 0x01
     write_state(pli, broken.letter_id, 2, bytes(state))

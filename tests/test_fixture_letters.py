@@ -10,7 +10,7 @@ import pytest
 from pli.v1 import letters_pb2 as pb
 
 from conftest import FIXTURES, Pli
-from test_lifecycle_over_grpc import deposit_and_notify, download, identify
+from frontend import Frontend
 
 LETTERS = sorted(FIXTURES.glob("*.pdf")) if FIXTURES.is_dir() else []
 
@@ -33,11 +33,12 @@ def test_fixture_letter_is_delivered_unchanged(
     attachment = pb.Attachment(
         filename=source.name, media_type="application/pdf", content=content
     )
-    letter = deposit_and_notify(pli, attachments=[attachment])
-    identify(pli, letter.letter_id)
-    pli.desk.AcceptLetter(pb.AcceptLetterRequest(letter_id=letter.letter_id))
+    front = Frontend(pli)
+    letter = front.deposit_and_notify(attachments=[attachment])
+    front.identify(letter.letter_id)
+    front.accept(letter.letter_id)
 
-    info, received = download(pli, letter.letter_id)
+    info, received = front.download(letter.letter_id)
 
     assert received == content
     assert info.filename == source.name

@@ -30,8 +30,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from pli.domain.letter import Letter, LetterState
-from pli.domain.values import LetterKind, Party
-from pli.infrastructure.letters import NewAttachment
+from pli.domain.sender_account import VerificationMethod
+from pli.domain.values import Assurance, LetterKind, Recipient, RecipientType
+from pli.infrastructure.letters import DepositRequest, NewAttachment
 from pli.infrastructure.mail_queue import MailState, Purpose
 from pli.infrastructure.settings import Settings, SettingsError
 from pli.infrastructure.smtp import OutboxTransport, SmtpSettings
@@ -39,11 +40,12 @@ from pli.services.notification_delivery import IN_DOUBT_AFTER
 from pli.services.runtime import Runtime
 from pli.v1 import letters_pb2 as pb
 
-from conftest import T0, Pli
-from test_lifecycle_over_grpc import deposit_request
+from conftest import Pli
+from frontend import Frontend
 
 RECIPIENT = "camille@example.org"
-SENDER = "gestion@sci-exemple.fr"
+# The address of the sender account Frontend.sender() registers.
+SENDER = "sci-exemple@example.fr"
 ACCEPT = "https://desk.example.test/letters/{letter_id}/accept"
 REFUSE = "https://desk.example.test/letters/{letter_id}/refuse"
 MINUTE = dt.timedelta(minutes=1)
@@ -146,8 +148,14 @@ def settings(settings: Settings, smtp_port: int) -> Settings:
     )
 
 
-def deposit(pli: Pli, **overrides: object) -> str:
-    return pli.letters.DepositLetter(deposit_request(**overrides)).letter.letter_id
+@pytest.fixture
+def front(pli: Pli) -> Frontend:
+    return Frontend(pli)
+
+
+def deposit(front: Frontend, **overrides: object) -> str:
+    """Deposit an LRE from the registered sender; return its id."""
+    return front.deposit(**overrides).letter_id
 
 
 def letter_of(pli: Pli, letter_id: str) -> Letter:
@@ -177,9 +185,9 @@ def run_restarted(settings: Settings, clock: Any) -> None:
 
 
 def test_notification_names_number_kind_last_day_and_links_in_french_then_english(
-    pli: Pli, mailbox: Mailbox
+    front: Frontend, pli: Pli, mailbox: Mailbox
 ) -> None:
-    letter_id = deposit(pli)
+    letter_id = deposit(front)
     pli.run_processes()
 
     [notification] = mailbox.received
@@ -200,23 +208,24 @@ def test_notification_names_number_kind_last_day_and_links_in_french_then_englis
 
 
 def test_notification_reveals_nothing_of_the_sender_or_the_content(
-    pli: Pli, mailbox: Mailbox
+    front: Frontend, pli: Pli, mailbox: Mailbox
 ) -> None:
-    deposit(pli)
+    deposit(front)
     pli.run_processes()
 
     [notification] = mailbox.received
     everything = notification.raw.decode("ascii") + notification.text
-    for secret in ("SCI Exemple", "sci-exemple", "gestion", "mise-en-demeure"):
+    for secret in ("SCI Exemple", "sci-exemple", "Loyers", "mise-en-demeure"):
         assert secret.lower() not in everything.lower()
     assert notification.mail_from == "no-reply@pli.invalid"
 
 
 def test_deposit_proof_is_issued_only_once_the_smtp_server_takes_the_notification(
-    pli: Pli, mailbox: Mailbox
+    front: Frontend, pli: Pli, mailbox: Mailbox
 ) -> None:
     mailbox.rcpt_answers[RECIPIENT] = "451 4.7.1 greylisted, try again later"
-    letter_id = deposit(pli)
+    letter_id = deposit(front)
+    deposited_at = pli.clock.now()
     pli.run_processes()
 
     assert letter_of(pli, letter_id).state is LetterState.DEPOSITED
@@ -230,16 +239,16 @@ def test_deposit_proof_is_issued_only_once_the_smtp_server_takes_the_notificatio
 
     letter = letter_of(pli, letter_id)
     assert letter.state is LetterState.NOTIFIED
-    assert letter.notified_at == T0 + MINUTE
+    assert letter.notified_at == deposited_at + MINUTE
     assert deposit_proof(pli, letter_id).exists()
     assert len(mailbox.received) == 1
 
 
 def test_temporary_failures_are_retried_after_1_2_and_4_minutes(
-    pli: Pli, mailbox: Mailbox
+    front: Frontend, pli: Pli, mailbox: Mailbox
 ) -> None:
     mailbox.rcpt_answers[RECIPIENT] = "451 4.3.0 try again later"
-    deposit(pli)
+    deposit(front)
     attempts_seen = []
 
     for step in (0, 59, 1, 119, 1, 239, 1):
@@ -253,10 +262,10 @@ def test_temporary_failures_are_retried_after_1_2_and_4_minutes(
 
 
 def test_a_dropped_connection_before_data_is_retried(
-    pli: Pli, mailbox: Mailbox
+    front: Frontend, pli: Pli, mailbox: Mailbox
 ) -> None:
     mailbox.drop_at_rcpt = True
-    letter_id = deposit(pli)
+    letter_id = deposit(front)
     pli.run_processes()
     dropped = letter_of(pli, letter_id)
 
@@ -271,10 +280,10 @@ def test_a_dropped_connection_before_data_is_retried(
 
 
 def test_temporary_failure_for_24_hours_records_notification_failed_and_tells_sender(
-    pli: Pli, mailbox: Mailbox
+    front: Frontend, pli: Pli, mailbox: Mailbox
 ) -> None:
     mailbox.rcpt_answers[RECIPIENT] = "451 4.3.0 try again later"
-    letter_id = deposit(pli)
+    letter_id = deposit(front)
     pli.run_processes()
 
     pli.clock.advance(dt.timedelta(hours=24))
@@ -289,10 +298,10 @@ def test_temporary_failure_for_24_hours_records_notification_failed_and_tells_se
 
 
 def test_permanent_refusal_records_notification_failed_and_tells_the_sender(
-    pli: Pli, mailbox: Mailbox
+    front: Frontend, pli: Pli, mailbox: Mailbox
 ) -> None:
     mailbox.rcpt_answers[RECIPIENT] = "550 5.1.1 no such mailbox"
-    letter_id = deposit(pli)
+    letter_id = deposit(front)
     pli.run_processes()
     pli.clock.advance(dt.timedelta(days=2))
     pli.run_processes()
@@ -311,10 +320,10 @@ def test_permanent_refusal_records_notification_failed_and_tells_the_sender(
 
 
 def test_a_connection_lost_during_data_is_never_sent_again(
-    pli: Pli, mailbox: Mailbox
+    front: Frontend, pli: Pli, mailbox: Mailbox
 ) -> None:
     mailbox.drop_during_data_for.add(RECIPIENT)
-    letter_id = deposit(pli)
+    letter_id = deposit(front)
     pli.run_processes()
     pli.clock.advance(dt.timedelta(hours=30))
     pli.run_processes()
@@ -339,9 +348,9 @@ class DiesDuringData:
 
 
 def test_a_crash_while_sending_leaves_the_notification_in_doubt_and_never_resends(
-    pli: Pli, mailbox: Mailbox, settings: Settings
+    front: Frontend, pli: Pli, mailbox: Mailbox, settings: Settings
 ) -> None:
-    letter_id = deposit(pli)
+    letter_id = deposit(front)
     pli.runtime.notifier.delivery.transport = DiesDuringData()
     with pytest.raises(PowerCut):
         pli.run_processes()
@@ -360,9 +369,14 @@ def test_a_crash_while_sending_leaves_the_notification_in_doubt_and_never_resend
 
 
 def test_a_crash_after_the_server_took_the_message_records_notified_without_resending(
-    pli: Pli, mailbox: Mailbox, settings: Settings, monkeypatch: pytest.MonkeyPatch
+    front: Frontend,
+    pli: Pli,
+    mailbox: Mailbox,
+    settings: Settings,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    letter_id = deposit(pli)
+    letter_id = deposit(front)
+    deposited_at = pli.clock.now()
 
     def power_cut(*_: object) -> None:
         raise PowerCut
@@ -375,14 +389,14 @@ def test_a_crash_after_the_server_took_the_message_records_notified_without_rese
 
     letter = letter_of(pli, letter_id)
     assert letter.state is LetterState.NOTIFIED
-    assert letter.notified_at == T0
+    assert letter.notified_at == deposited_at
     assert len(mailbox.received) == 1
 
 
 def test_each_letter_is_notified_exactly_once_however_often_the_notifier_runs(
-    pli: Pli, mailbox: Mailbox, settings: Settings
+    front: Frontend, pli: Pli, mailbox: Mailbox, settings: Settings
 ) -> None:
-    letter_ids = {deposit(pli) for _ in range(3)}
+    letter_ids = {deposit(front) for _ in range(3)}
     for _ in range(3):
         pli.run_processes()
         pli.clock.advance(dt.timedelta(hours=1))
@@ -541,12 +555,29 @@ def deposit_and_run(
     )
     runtime = Runtime.open(replace(settings, smtp=smtp), clock)
     try:
-        letter, _ = runtime.letters.deposit(
-            idempotency_key=uuid.uuid4().hex,
+        account = runtime.accounts.register(
+            uuid.uuid4(),
+            name="SCI Exemple",
+            email=SENDER,
+            assurance=Assurance.SUBSTANTIAL,
+            method=VerificationMethod.NOTIFIED_EID,
+            verifier_reference="franceconnect-check-1",
+        )
+        request = DepositRequest(
             kind=LetterKind.ERE,
-            sender=Party(name="SCI Exemple", email=SENDER),
-            recipient=Party(name="Camille Martin", email=RECIPIENT),
+            sender_account_id=account.id,
+            recipient=Recipient(
+                email=RECIPIENT,
+                type=RecipientType.PROFESSIONAL,
+                given_names="Camille",
+                family_name="Martin",
+            ),
+            subject="",
             attachments=[NewAttachment("avis.pdf", "application/pdf", b"%PDF-1.4")],
+        )
+        # An ERE needs no second factor: the authoriser checks the account only.
+        letter, _ = runtime.letters.deposit(
+            uuid.uuid4().hex, request, runtime.authoriser(request, "")
         )
         runtime.runner.run_until_idle()
         return runtime.letters.get(letter.id)

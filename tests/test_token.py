@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import subprocess
+from dataclasses import replace
 
+import pytest
 from cryptography import x509
 
 from pli.hsm.provision import initialise_token
-from pli.hsm.token import TokenConfig
+from pli.hsm.token import Token, TokenConfig, TokenUnavailable
 
 
 def test_a_second_init_creates_nothing(token_config: TokenConfig) -> None:
@@ -77,3 +79,17 @@ def test_seal_certificate_chains_to_the_development_root(
 
     seal.verify_directly_issued_by(root)
     assert "non-qualified" in seal.subject.rfc4514_string()
+
+
+def test_a_rejected_pin_is_never_offered_to_the_token_again(
+    token_config: TokenConfig,
+) -> None:
+    wrong = replace(token_config, pin_from_env="31337")
+    token = Token(wrong)
+    with pytest.raises(TokenUnavailable) as first:
+        token.run(lambda session: None)
+    with pytest.raises(TokenUnavailable) as second:
+        token.run(lambda session: None)
+    assert "PinIncorrect" in str(first.value)
+    assert "not retried" in str(second.value)
+    token.close()
