@@ -18,7 +18,6 @@ from io import BytesIO
 from typing import Any
 from xml.sax.saxutils import escape
 
-from reportlab.lib.pagesizes import A4
 from reportlab.lib.units import mm
 from reportlab.pdfgen.canvas import Canvas
 from reportlab.platypus import Paragraph, SimpleDocTemplate, Spacer, Table
@@ -32,6 +31,7 @@ from pli.services.proof_builder import NON_QUALIFIED_TIME
 from pli.services.proof_page import (
     PAGE_MARGIN,
     PAGE_WIDTH,
+    a4_document,
     grid,
     page_styles,
     paris_text,
@@ -124,18 +124,7 @@ def render_consent_proof(facts: ConsentFacts) -> bytes:
     styles = page_styles()
     french, english = TITLE
     out = BytesIO()
-    document = SimpleDocTemplate(
-        out,
-        pagesize=A4,
-        leftMargin=PAGE_MARGIN,
-        rightMargin=PAGE_MARGIN,
-        topMargin=PAGE_MARGIN,
-        bottomMargin=PAGE_MARGIN,
-        title=f"{english} - consent {facts.consent_id}",
-        author="pli",
-        subject=f"{french} / {english}",
-        creator="pli",
-    )
+    document = a4_document(out, french, english, f"consent {facts.consent_id}")
 
     story: list[Any] = [
         Paragraph(escape(french), styles["title"]),

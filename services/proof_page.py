@@ -156,22 +156,27 @@ def page_styles() -> dict[str, ParagraphStyle]:
     }
 
 
-def _compose_page(kind: ProofKind, facts: ProofFacts) -> bytes:
-    styles = page_styles()
-    french, english = TITLES[kind]
-    out = BytesIO()
-    document = SimpleDocTemplate(
+def a4_document(out: BytesIO, french: str, english: str, about: str) -> Any:
+    """An A4 page layout for a bilingual proof titled in both languages."""
+    return SimpleDocTemplate(
         out,
         pagesize=A4,
         leftMargin=PAGE_MARGIN,
         rightMargin=PAGE_MARGIN,
         topMargin=PAGE_MARGIN,
         bottomMargin=PAGE_MARGIN,
-        title=f"{english} - letter {facts.letter_id}",
+        title=f"{english} - {about}",
         author="pli",
         subject=f"{french} / {english}",
         creator="pli",
     )
+
+
+def _compose_page(kind: ProofKind, facts: ProofFacts) -> bytes:
+    styles = page_styles()
+    french, english = TITLES[kind]
+    out = BytesIO()
+    document = a4_document(out, french, english, f"letter {facts.letter_id}")
 
     story: list[Any] = [
         Paragraph(escape(french), styles["title"]),
