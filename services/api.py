@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import functools
+import hashlib
 import json
 import logging
 import time
@@ -503,7 +504,7 @@ class LetterServicer(_LetterMessages):
             problems.append(("states", "must name letter states"))
         if not 0 <= request.page_size <= _MAX_PAGE:
             problems.append(("page_size", f"must be between 0 and {_MAX_PAGE}"))
-        after = _page_key(request.page_token)
+        after = _page_key(request.page_token, _query_digest(request))
         if request.page_token and after is None:
             problems.append(("page_token", "is not a token this service issued"))
         if problems:
@@ -521,7 +522,9 @@ class LetterServicer(_LetterMessages):
         token = ""
         if len(ids) > limit:
             last = letters[-1]
-            token = _page_token(iso(last.deposited_at) or "", str(last.id))
+            token = _page_token(
+                iso(last.deposited_at) or "", str(last.id), _query_digest(request)
+            )
         return pb.ListLettersResponse(
             letters=[self.message(letter) for letter in letters],
             next_page_token=token,
@@ -580,20 +583,33 @@ def _iso_or_none(request: Any, field: str) -> str | None:
     return iso(getattr(request, field).ToDatetime(tzinfo=dt.UTC))
 
 
-def _page_token(deposited_at: str, letter_id: str) -> str:
-    raw = json.dumps([deposited_at, letter_id]).encode()
+def _query_digest(request: pb.ListLettersRequest) -> str:
+    """What a page token is bound to: the account and the filters."""
+    query = pb.ListLettersRequest()
+    query.CopyFrom(request)
+    query.ClearField("page_token")
+    query.ClearField("page_size")
+    encoded = query.SerializeToString(deterministic=True)
+    return hashlib.sha256(encoded).hexdigest()[:16]
+
+
+def _page_token(deposited_at: str, letter_id: str, query: str) -> str:
+    raw = json.dumps([deposited_at, letter_id, query]).encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
-def _page_key(token: str) -> tuple[str, str] | None:
+def _page_key(token: str, query: str) -> tuple[str, str] | None:
+    """The position a token continues from, if it was issued for this query."""
     if not token:
         return None
     try:
         raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
-        deposited_at, letter_id = json.loads(raw)
+        deposited_at, letter_id, issued_for = json.loads(raw)
         dt.datetime.fromisoformat(deposited_at)
         UUID(letter_id)
     except (ValueError, TypeError):
+        return None
+    if issued_for != query:
         return None
     return str(deposited_at), str(letter_id)
 

@@ -28,10 +28,12 @@ from pli.infrastructure.mail_queue import Purpose
 
 __all__ = ["MailComposer"]
 
+# French needs the article and the object pronoun to agree with the noun.
 _KIND_FR = {
-    "LRE": "lettre recommandée électronique",
-    "ERE": "envoi recommandé électronique simple",
+    "LRE": ("une", "lettre recommandée électronique", "la"),
+    "ERE": ("un", "envoi recommandé électronique simple", "le"),
 }
+_ARTICLE_EN = {"LRE": "an", "ERE": "a"}
 _KIND_EN = {
     "LRE": "electronic registered letter (LRE)",
     "ERE": "simple electronic registered delivery",
@@ -88,12 +90,13 @@ class MailComposer:
         accept = self.accept_url_template.format(letter_id=letter.id)
         refuse = self.refuse_url_template.format(letter_id=letter.id)
         kind = letter.kind.value
+        article, kind_fr, pronoun = _KIND_FR[kind]
         body = f"""Bonjour,
 
-{self.provider_name} détient pour vous une {_KIND_FR[kind]},
+{self.provider_name} détient pour vous {article} {kind_fr},
 numéro {letter.id}.
 
-Vous pouvez l'accepter ou la refuser jusqu'au {last_day:%d/%m/%Y} inclus
+Vous pouvez l'accepter ou {pronoun} refuser jusqu'au {last_day:%d/%m/%Y} inclus
 (heure de Paris), après vous être identifié. Ce délai de quinze jours court
 à compter du lendemain de l'envoi de ce message.
 
@@ -107,7 +110,7 @@ réclamée.
 
 Hello,
 
-{self.provider_name} holds a {_KIND_EN[kind]} for you,
+{self.provider_name} holds {_ARTICLE_EN[kind]} {_KIND_EN[kind]} for you,
 number {letter.id}.
 
 You may accept or refuse it until {_english_date(last_day)} included
@@ -136,7 +139,7 @@ Without a decision by that day, the letter is deemed unclaimed.
         kind = letter.kind.value
         body = f"""Bonjour,
 
-La notification de votre {_KIND_FR[kind]} numéro {letter.id},
+La notification de votre {_KIND_FR[kind][1]} numéro {letter.id},
 adressée à {letter.recipient.email}, n'a pas pu être remise :
 {reason_fr}.
 

@@ -479,6 +479,18 @@ def test_rule_senders_list_their_letters_by_state_and_date_a_page_at_a_time(
         pb.ListLettersRequest(sender_account_id=sender.account_id, page_token="junk"),
     )
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    first = front.pli.letters.ListLetters(
+        pb.ListLettersRequest(sender_account_id=sender.account_id, page_size=1)
+    )
+    for other_query in (
+        pb.ListLettersRequest(sender_account_id=str(uuid.uuid4())),
+        pb.ListLettersRequest(
+            sender_account_id=sender.account_id, states=[pb.LETTER_STATE_ACCEPTED]
+        ),
+    ):
+        other_query.page_token = first.next_page_token
+        error = error_of(front.pli.letters.ListLetters, other_query)
+        assert "page_token" in error.details()
 
 
 def watch(front: Frontend, account_id: str, after: int, count: int) -> list:  # type: ignore[type-arg]
