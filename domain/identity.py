@@ -1,6 +1,6 @@
 """Who the recipient must be, who an identity provider says they are, and the match.
 
-The sender names the recipient at deposit (:class:`ExpectedRecipient`); an
+The sender names the recipient at deposit (:class:`~pli.domain.values.Recipient`); an
 identity provider later asserts an identity (:class:`AssertedIdentity`), and
 :func:`identity_mismatch` decides whether both describe the same person, or
 the same company through its representative (eIDAS art. 44(1)(c): the
@@ -25,17 +25,14 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
-import re
 import unicodedata
 from dataclasses import dataclass
 
-from pli.domain.errors import FieldProblem
-from pli.domain.values import Assurance, check_name
+from pli.domain.values import Assurance, Recipient
 
 __all__ = [
     "ACR_LEVELS",
     "AssertedIdentity",
-    "ExpectedRecipient",
     "identity_mismatch",
     "normalise_name",
     "siren_of",
@@ -52,50 +49,10 @@ ACR_LEVELS: dict[str, Assurance] = {
 # INSEE identifiers: a SIREN names a company, a SIRET one of its
 # establishments and begins with the company's SIREN.
 SIREN_LENGTH = 9
-SIRET_LENGTH = 14
-COMPANY_ID = re.compile(r"\d{9}|\d{14}")
 
 # Ligatures that Unicode compatibility decomposition leaves whole.
 LIGATURES = str.maketrans({"æ": "ae", "œ": "oe"})
 APOSTROPHES = "'’ʼ‘`´"
-
-
-@dataclass(frozen=True)
-class ExpectedRecipient:
-    """The recipient as the sender named them at deposit."""
-
-    given_names: str
-    family_name: str
-    birthdate: dt.date | None
-    company_name: str = ""
-    company_id: str = ""
-
-    @property
-    def is_company(self) -> bool:
-        """Whether the recipient is a company, identified by its representative."""
-        return bool(self.company_id or self.company_name)
-
-    @property
-    def display_name(self) -> str:
-        """The name to print: the company's, else the person's."""
-        if self.is_company:
-            return self.company_name
-        return f"{self.given_names} {self.family_name}"
-
-    def problems(self, field: str) -> list[FieldProblem]:
-        """Everything wrong with this recipient, fields prefixed by ``field``."""
-        found = check_name(self.given_names, f"{field}.given_names")
-        found += check_name(self.family_name, f"{field}.family_name")
-        if self.is_company:
-            found += check_name(self.company_name, f"{field}.company_name")
-            found += _company_id_problems(self.company_id, f"{field}.company_id")
-        return found
-
-
-def _company_id_problems(value: str, field: str) -> list[FieldProblem]:
-    if not COMPANY_ID.fullmatch(value):
-        return [FieldProblem(field, "must be a SIREN (9 digits) or SIRET (14 digits)")]
-    return []
 
 
 @dataclass(frozen=True)
@@ -144,9 +101,7 @@ def siren_of(company_id: str) -> str:
     return "".join(company_id.split())[:SIREN_LENGTH]
 
 
-def identity_mismatch(
-    expected: ExpectedRecipient, asserted: AssertedIdentity
-) -> str | None:
+def identity_mismatch(expected: Recipient, asserted: AssertedIdentity) -> str | None:
     """Why ``asserted`` is not ``expected``, or None when it is.
 
     The reason names the item that differs and never its value, so it can
@@ -156,7 +111,9 @@ def identity_mismatch(
         return "family name differs"
     if not _given_names_match(expected.given_names, asserted.given_name):
         return "given names differ"
-    if expected.birthdate is not None and expected.birthdate != asserted.birthdate:
+    if expected.birthdate and (
+        dt.date.fromisoformat(expected.birthdate) != asserted.birthdate
+    ):
         return "birthdate differs"
     if expected.is_company:
         return _company_mismatch(expected.company_id, asserted.company_id)

@@ -10,7 +10,6 @@ after the window closed records nothing.
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 import logging
 import re
@@ -20,9 +19,8 @@ from uuid import UUID
 
 from pli.domain.clock import Clock
 from pli.domain.errors import RuleViolation
-from pli.domain.identity import ExpectedRecipient, identity_mismatch
+from pli.domain.identity import identity_mismatch
 from pli.domain.letter import MINIMUM_ASSURANCE, Letter
-from pli.domain.values import Recipient
 from pli.infrastructure.letters import LetterApplication
 from pli.infrastructure.oidc import IdTokenRejected, IdTokenVerifier
 
@@ -55,20 +53,6 @@ def nonce_digest(nonce: str) -> str:
     return hashlib.sha256(nonce.encode()).hexdigest()
 
 
-def expected_identity(recipient: Recipient) -> ExpectedRecipient:
-    """The identity the sender named, as the matching rules take it."""
-    birthdate = None
-    if recipient.birthdate:
-        birthdate = dt.date.fromisoformat(recipient.birthdate)
-    return ExpectedRecipient(
-        given_names=recipient.given_names,
-        family_name=recipient.family_name,
-        birthdate=birthdate,
-        company_name=recipient.company_name,
-        company_id=recipient.company_id,
-    )
-
-
 class IdentityChecker:
     """Checks an ID token for a letter and records the outcome."""
 
@@ -94,7 +78,7 @@ class IdentityChecker:
             asserted = self.verifier.verify(id_token, nonce=nonce, at=self.clock.now())
         except IdTokenRejected as rejected:
             self._fail(letter_id, digest, "identification-failed", rejected.reason)
-        mismatch = identity_mismatch(expected_identity(letter.recipient), asserted)
+        mismatch = identity_mismatch(letter.recipient, asserted)
         if mismatch:
             self._fail(
                 letter_id,

@@ -6,11 +6,10 @@ import pytest
 
 from pli.domain.identity import (
     AssertedIdentity,
-    ExpectedRecipient,
     identity_mismatch,
     normalise_name,
 )
-from pli.domain.values import Assurance
+from pli.domain.values import Assurance, Recipient, RecipientType
 
 BORN = dt.date(1984, 7, 14)
 
@@ -20,13 +19,23 @@ def expected(
     family: str,
     birthdate: dt.date | None = None,
     company_id: str = "",
-) -> ExpectedRecipient:
-    return ExpectedRecipient(
-        given_names=given,
-        family_name=family,
-        birthdate=birthdate,
+) -> Recipient:
+    return named_recipient(
+        given,
+        family,
+        birthdate=birthdate.isoformat() if birthdate else "",
         company_name="Transports Dupont SARL" if company_id else "",
         company_id=company_id,
+    )
+
+
+def named_recipient(given: str, family: str, **fields: str) -> Recipient:
+    return Recipient(
+        email="recipient@example.fr",
+        type=RecipientType.PROFESSIONAL,
+        given_names=given,
+        family_name=family,
+        **fields,
     )
 
 
@@ -219,7 +228,7 @@ CASES = [
 
 @pytest.mark.parametrize(("named", "presented", "reason"), CASES)
 def test_identity_matches_the_recipient_named_at_deposit(
-    named: ExpectedRecipient, presented: AssertedIdentity, reason: str | None
+    named: Recipient, presented: AssertedIdentity, reason: str | None
 ) -> None:
     assert identity_mismatch(named, presented) == reason
 
@@ -256,12 +265,12 @@ PROBLEMS = [
         id="a company identifier with a letter",
     ),
     pytest.param(
-        ExpectedRecipient("Paul", "Dupont", None, company_name="Dupont SA"),
+        named_recipient("Paul", "Dupont", company_name="Dupont SA"),
         ["recipient.company_id"],
         id="a company without an identifier",
     ),
     pytest.param(
-        ExpectedRecipient("", " ", None),
+        named_recipient("", " "),
         ["recipient.given_names", "recipient.family_name"],
         id="empty names",
     ),
@@ -270,12 +279,12 @@ PROBLEMS = [
 
 @pytest.mark.parametrize(("recipient", "fields"), PROBLEMS)
 def test_expected_recipient_reports_each_faulty_field(
-    recipient: ExpectedRecipient, fields: list[str]
+    recipient: Recipient, fields: list[str]
 ) -> None:
     assert [p.field for p in recipient.problems("recipient")] == fields
 
 
 def test_display_name_is_the_company_name_for_a_company() -> None:
-    assert expected("Paul", "Dupont").display_name == "Paul Dupont"
+    assert expected("Paul", "Dupont").name == "Paul Dupont"
     company = expected("Paul", "Dupont", company_id="552100554")
-    assert company.display_name == "Transports Dupont SARL"
+    assert company.name == "Transports Dupont SARL"
