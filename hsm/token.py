@@ -111,8 +111,7 @@ class TokenConfig:
         """Remember that the token rejected ``pin``."""
         _REJECTED_PINS.add(self._pin_digest(pin))
         logger.error(
-            "token rejected the PIN; it will not be offered again "
-            "token=%s",
+            "token rejected the PIN; it will not be offered again token=%s",
             self.token_label,
         )
 

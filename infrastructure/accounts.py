@@ -19,11 +19,8 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import logging
-import random
 import re
 import secrets
-import time
-from collections.abc import Callable
 from typing import TypeVar
 from uuid import UUID
 
@@ -45,8 +42,11 @@ from pli.domain.errors import FieldProblem, InvalidInput, RuleViolation
 from pli.domain.sender_account import SenderAccount, VerificationMethod
 from pli.domain.values import Assurance
 from pli.hsm.secrets import SecretBox
-from pli.infrastructure.event_store import SealedApplication
-from pli.infrastructure.letters import ConcurrentChange
+from pli.infrastructure.event_store import (
+    ConcurrentChange,
+    SealedApplication,
+    pause_before_retry,
+)
 
 __all__ = [
     "TOTP_ALGORITHM",
@@ -88,26 +88,6 @@ def _load(app: SealedApplication, aggregate_id: UUID, kind: type[A]) -> A | None
     except AggregateNotFoundError:
         return None
     return aggregate if isinstance(aggregate, kind) else None
-
-
-def _save_with_retries(
-    app: SealedApplication, aggregate_id: UUID, decide: Callable[[], A]
-) -> A:
-    """Save what ``decide`` returns, deciding again after a concurrent write."""
-    for attempt in range(_RETRIES):
-        aggregate = decide()
-        try:
-            app.save(aggregate)
-            return aggregate
-        except IntegrityError:
-            # Jittered, growing pauses let the concurrent writers interleave.
-            time.sleep(random.uniform(0, 0.01) * (attempt + 1))
-            logger.info(
-                "concurrent write, retrying aggregate=%s attempt=%d",
-                aggregate_id,
-                attempt + 1,
-            )
-    raise ConcurrentChange(str(aggregate_id))
 
 
 def _totp(secret: bytes) -> TOTP:
@@ -191,7 +171,7 @@ class SenderAccounts:
             )
             return account
 
-        account = _save_with_retries(self.app, account_id, enroll)
+        account = self.app.save_deciding(account_id, enroll)
         logger.info(
             "second factor enrolled account=%s event=SecondFactorEnrolled", account_id
         )
@@ -233,7 +213,7 @@ class SenderAccounts:
             account.close(self.clock.now())
             return account
 
-        account = _save_with_retries(self.app, account_id, close)
+        account = self.app.save_deciding(account_id, close)
         logger.info("sender account closed account=%s event=Closed", account_id)
         return account
 
@@ -279,7 +259,7 @@ class SenderAccounts:
         try:
             self.app.save(account)
         except IntegrityError:
-            time.sleep(random.uniform(0, 0.01) * (attempt + 1))
+            pause_before_retry(attempt)
             return False
         return True
 
@@ -349,7 +329,7 @@ class Consents:
             )
             return consent
 
-        consent = _save_with_retries(self.app, consent_id(account_id, address), grant)
+        consent = self.app.save_deciding(consent_id(account_id, address), grant)
         logger.info("consent granted consent=%s event=Granted", consent.id)
         return consent
 
@@ -371,7 +351,7 @@ class Consents:
             consent.revoke(method=method, evidence_reference=evidence_reference, at=at)
             return consent
 
-        consent = _save_with_retries(self.app, consent_id(account_id, address), revoke)
+        consent = self.app.save_deciding(consent_id(account_id, address), revoke)
         logger.info("consent revoked consent=%s event=Revoked", consent.id)
         return consent
 

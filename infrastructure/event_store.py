@@ -12,15 +12,18 @@ a command never acts on a tampered history.
 from __future__ import annotations
 
 import logging
+import random
+import time
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from threading import Lock
-from typing import Any
+from typing import Any, TypeVar
 from uuid import UUID
 
 from eventsourcing.application import Application
 from eventsourcing.persistence import (
     EventStore,
+    IntegrityError,
     Mapper,
     Notification,
     Recording,
@@ -38,6 +41,7 @@ from pli.infrastructure.envelope import (
 
 __all__ = [
     "BrokenHistory",
+    "ConcurrentChange",
     "EnvelopeMapper",
     "SealedApplication",
     "SealingEventStore",
@@ -46,6 +50,18 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 _HEADS_KEPT = 10_000
+_RETRIES = 12
+
+A = TypeVar("A")
+
+
+class ConcurrentChange(Exception):
+    """An aggregate kept changing under a command; the caller may retry."""
+
+
+def pause_before_retry(attempt: int) -> None:
+    """Jittered, growing pauses let concurrent writers interleave."""
+    time.sleep(random.uniform(0, 0.01) * (attempt + 1))
 
 
 class BrokenHistory(Exception):
@@ -273,6 +289,27 @@ class SealedApplication(Application[UUID]):
         return SealingEventStore(
             self.mapper, self.recorder, self._sealer, self._verifier
         )
+
+    def save_deciding(self, aggregate_id: UUID, decide: Callable[[], A]) -> A:
+        """Save what ``decide`` returns; after a concurrent write, decide again.
+
+        ``decide`` loads the aggregate and applies the command, so each retry
+        runs the domain's rules on the fresh history and races are settled by
+        those rules and the store's uniqueness on (aggregate, version).
+        """
+        for attempt in range(_RETRIES):
+            aggregate = decide()
+            try:
+                self.save(aggregate)
+                return aggregate
+            except IntegrityError:
+                pause_before_retry(attempt)
+                logger.info(
+                    "concurrent write, retrying aggregate=%s attempt=%d",
+                    aggregate_id,
+                    attempt + 1,
+                )
+        raise ConcurrentChange(str(aggregate_id))
 
     @property
     def sealed_events(self) -> SealingEventStore:

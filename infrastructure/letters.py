@@ -17,11 +17,10 @@ import datetime as dt
 import hashlib
 import json
 import logging
-import random
 import re
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 from uuid import NAMESPACE_URL, UUID, uuid4, uuid5
 
@@ -34,7 +33,7 @@ from pli.domain.letter import Letter, deposit_problems
 from pli.domain.values import Assurance, AttachmentRef, LetterKind, Party, Recipient
 from pli.hsm.seal import EventSealer, SealVerifier
 from pli.infrastructure.content import ContentStore
-from pli.infrastructure.event_store import SealedApplication
+from pli.infrastructure.event_store import ConcurrentChange, SealedApplication
 
 __all__ = [
     "Authorisation",
@@ -45,6 +44,7 @@ __all__ = [
     "LetterNotFound",
     "NewAttachment",
     "check_deposit",
+    "idempotency_key_problems",
     "iso",
     "letter_view",
 ]
@@ -53,15 +53,10 @@ logger = logging.getLogger(__name__)
 
 _IDEMPOTENCY_NAMESPACE = uuid5(NAMESPACE_URL, "urn:pli:deposit-idempotency-key")
 _IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,128}")
-_RETRIES = 12
 
 
 class LetterNotFound(Exception):
     """No letter has this id."""
-
-
-class ConcurrentChange(Exception):
-    """The letter kept changing under a command; the caller may retry."""
 
 
 class IdempotencyConflict(Exception):
@@ -75,6 +70,11 @@ class NewAttachment:
     filename: str
     media_type: str
     content: bytes
+
+    @cached_property
+    def sha256(self) -> str:
+        """The content's SHA-256 (hex), computed once however often checked."""
+        return hashlib.sha256(self.content).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -141,13 +141,14 @@ def _refs(attachments: list[NewAttachment]) -> list[AttachmentRef]:
             filename=a.filename,
             media_type=a.media_type or "application/octet-stream",
             size=len(a.content),
-            sha256=hashlib.sha256(a.content).hexdigest(),
+            sha256=a.sha256,
         )
         for a in attachments
     ]
 
 
-def _key_problems(idempotency_key: str) -> list[FieldProblem]:
+def idempotency_key_problems(idempotency_key: str) -> list[FieldProblem]:
+    """What is wrong with an idempotency key, if anything."""
     if _IDEMPOTENCY_KEY.fullmatch(idempotency_key):
         return []
     return [
@@ -161,7 +162,7 @@ _ANY_SENDER = Party(name="sender", email="sender@example.fr")
 
 def check_deposit(idempotency_key: str, request: DepositRequest) -> list[FieldProblem]:
     """Everything wrong with a deposit request, without storing anything."""
-    return _key_problems(idempotency_key) + deposit_problems(
+    return idempotency_key_problems(idempotency_key) + deposit_problems(
         _ANY_SENDER, request.recipient, _refs(request.attachments), request.subject
     )
 
@@ -254,21 +255,12 @@ class LetterApplication(SealedApplication):
         return letter
 
     def _command(self, letter_id: UUID, act: Callable[[Letter], None]) -> Letter:
-        for attempt in range(_RETRIES):
+        def decide() -> Letter:
             letter = self.get(letter_id)
             act(letter)
-            try:
-                self.save(letter)
-                return letter
-            except IntegrityError:
-                # Jittered, growing pauses let the concurrent writers interleave.
-                time.sleep(random.uniform(0, 0.01) * (attempt + 1))
-                logger.info(
-                    "concurrent write, retrying letter=%s attempt=%d",
-                    letter_id,
-                    attempt + 1,
-                )
-        raise ConcurrentChange(str(letter_id))
+            return letter
+
+        return self.save_deciding(letter_id, decide)
 
     def record_notified(self, letter_id: UUID, at: dt.datetime) -> Letter:
         """Record that the notification left at ``at``."""

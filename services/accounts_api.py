@@ -19,7 +19,8 @@ from pli.domain.values import Assurance, check_email
 from pli.hsm.pades import PdfSealer
 from pli.infrastructure.accounts import ConsentNotFound, Consents, SenderAccounts
 from pli.infrastructure.event_store import SealedApplication
-from pli.services.api import mapped, timestamp
+from pli.infrastructure.letters import idempotency_key_problems
+from pli.services.api import LEVEL_TO_PB, LEVELS, mapped, timestamp
 from pli.services.consent_proof import consent_facts, seal_consent_proof
 from pli.services.wire import abort_invalid
 from pli.v1 import accounts_pb2 as apb
@@ -40,12 +41,6 @@ _METHODS = {
     apb.VERIFICATION_METHOD_OTHER_RECOGNISED: VerificationMethod.OTHER_RECOGNISED,
 }
 _METHOD_TO_PB = {v: k for k, v in _METHODS.items()}
-_LEVELS = {
-    pb.ASSURANCE_LEVEL_LOW: Assurance.LOW,
-    pb.ASSURANCE_LEVEL_SUBSTANTIAL: Assurance.SUBSTANTIAL,
-    pb.ASSURANCE_LEVEL_HIGH: Assurance.HIGH,
-}
-_LEVEL_TO_PB = {v: k for k, v in _LEVELS.items()}
 # The domain's field names, as the request spells them.
 _REGISTRATION_FIELDS = {"name": "identity.name", "email": "identity.email"}
 _CONSENT_FIELDS = {"recipient_address": "recipient_email"}
@@ -73,7 +68,7 @@ def account_message(account: SenderAccount) -> apb.SenderAccount:
     return apb.SenderAccount(
         account_id=str(account.id),
         identity=pb.Party(name=account.name, email=account.email),
-        level=_LEVEL_TO_PB[Assurance(account.assurance)],
+        level=LEVEL_TO_PB[Assurance(account.assurance)],
         method=_METHOD_TO_PB[VerificationMethod(account.method)],
         verifier_reference=account.verifier_reference,
         second_factor_enrolled=account.second_factor is not None,
@@ -94,13 +89,9 @@ class SenderAccountServicer:
         context: grpc.ServicerContext,
     ) -> apb.RegisterSenderAccountResponse:
         """Register a verified sender, idempotently."""
-        problems = []
         key = request.idempotency_key
-        if not 1 <= len(key) <= 128 or not key.isascii() or not key.isprintable():
-            problems.append(
-                ("idempotency_key", "must be 1 to 128 printable ASCII characters")
-            )
-        if request.level not in _LEVELS:
+        problems = [(p.field, p.description) for p in idempotency_key_problems(key)]
+        if request.level not in LEVELS:
             problems.append(("level", "must name an assurance level"))
         if request.method not in _METHODS:
             problems.append(("method", "must name an eIDAS art. 24(1) method"))
@@ -111,7 +102,7 @@ class SenderAccountServicer:
                 uuid5(_ACCOUNT_NAMESPACE, key),
                 name=request.identity.name,
                 email=request.identity.email,
-                assurance=_LEVELS[request.level],
+                assurance=LEVELS[request.level],
                 method=_METHODS[request.method],
                 verifier_reference=request.verifier_reference,
             )

@@ -30,7 +30,7 @@ from google.rpc import error_details_pb2
 from pli.domain.errors import FieldProblem, InvalidInput, RuleViolation
 from pli.domain.letter import Letter, LetterState
 from pli.domain.proofs import ProofKind, proofs_warranted
-from pli.domain.values import LetterKind, Recipient, RecipientType
+from pli.domain.values import Assurance, LetterKind, Recipient, RecipientType
 from pli.domain.window import last_day_to_decide
 from pli.hsm.secrets import SecretUnreadable
 from pli.hsm.token import TokenUnavailable
@@ -67,6 +67,8 @@ from pli.services.wire import abort, abort_invalid, error_info, precondition
 from pli.v1 import letters_pb2 as pb
 
 __all__ = [
+    "LEVELS",
+    "LEVEL_TO_PB",
     "LetterServicer",
     "MAX_INLINE_CONTENT",
     "RecipientDeskServicer",
@@ -90,11 +92,12 @@ _STATE_TO_PB = {
     LetterState.EXPIRED: pb.LETTER_STATE_EXPIRED,
 }
 _STATES = {v: k for k, v in _STATE_TO_PB.items()}
-_LEVEL_TO_PB = {
-    1: pb.ASSURANCE_LEVEL_LOW,
-    2: pb.ASSURANCE_LEVEL_SUBSTANTIAL,
-    3: pb.ASSURANCE_LEVEL_HIGH,
+LEVELS = {
+    pb.ASSURANCE_LEVEL_LOW: Assurance.LOW,
+    pb.ASSURANCE_LEVEL_SUBSTANTIAL: Assurance.SUBSTANTIAL,
+    pb.ASSURANCE_LEVEL_HIGH: Assurance.HIGH,
 }
+LEVEL_TO_PB = {v: k for k, v in LEVELS.items()}
 _RECIPIENT_TYPES = {
     pb.RECIPIENT_TYPE_CONSUMER: RecipientType.CONSUMER,
     pb.RECIPIENT_TYPE_PROFESSIONAL: RecipientType.PROFESSIONAL,
@@ -302,7 +305,7 @@ class _LetterMessages:
             notification_failures=letter.notification_failures,
             notification_failure_reason=letter.notification_failure_reason,
             content_purged_at=timestamp(letter.content_purged_at),
-            identification_level=_LEVEL_TO_PB.get(int(level) if level else 0, 0),
+            identification_level=LEVEL_TO_PB.get(level, 0) if level else 0,
         )
 
     def notice(self, letter: Letter) -> pb.Notice:
