@@ -60,8 +60,21 @@ class Assurance(int, Enum):
     HIGH = 3
 
 
-def _has_control_characters(text: str) -> bool:
-    return any(unicodedata.category(ch) in ("Cc", "Cf", "Cs") for ch in text)
+_FORBIDDEN = "must not contain control characters or Unicode noncharacters"
+
+
+def _is_noncharacter(ch: str) -> bool:
+    code = ord(ch)
+    return 0xFDD0 <= code <= 0xFDEF or code & 0xFFFE == 0xFFFE
+
+
+def _has_forbidden_characters(text: str) -> bool:
+    # Noncharacters are not for interchange (Unicode 15, section 23.7), and
+    # the ETSI evidence, being XML 1.0, cannot carry U+FFFE or U+FFFF at all.
+    return any(
+        unicodedata.category(ch) in ("Cc", "Cf", "Cs") or _is_noncharacter(ch)
+        for ch in text
+    )
 
 
 def check_name(value: str, field: str) -> list[FieldProblem]:
@@ -70,8 +83,8 @@ def check_name(value: str, field: str) -> list[FieldProblem]:
         return [FieldProblem(field, "must not be empty")]
     if len(value) > MAX_NAME_LENGTH:
         return [FieldProblem(field, f"must be at most {MAX_NAME_LENGTH} characters")]
-    if _has_control_characters(value):
-        return [FieldProblem(field, "must not contain control characters")]
+    if _has_forbidden_characters(value):
+        return [FieldProblem(field, _FORBIDDEN)]
     return []
 
 
@@ -79,8 +92,8 @@ def check_text(value: str, field: str, *, maximum: int) -> list[FieldProblem]:
     """Problems with a free-text field such as an identification method."""
     if len(value) > maximum:
         return [FieldProblem(field, f"must be at most {maximum} characters")]
-    if _has_control_characters(value):
-        return [FieldProblem(field, "must not contain control characters")]
+    if _has_forbidden_characters(value):
+        return [FieldProblem(field, _FORBIDDEN)]
     return []
 
 
@@ -226,10 +239,8 @@ class AttachmentRef:
                     f"must be at most {MAX_FILENAME_LENGTH} characters",
                 )
             )
-        elif _has_control_characters(name):
-            found.append(
-                FieldProblem(f"{field}.filename", "must not contain control characters")
-            )
+        elif _has_forbidden_characters(name):
+            found.append(FieldProblem(f"{field}.filename", _FORBIDDEN))
         elif "/" in name or "\\" in name or name in (".", ".."):
             found.append(
                 FieldProblem(f"{field}.filename", "must be a file name, not a path")
