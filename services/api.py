@@ -3,9 +3,10 @@
 Servicers translate between protobuf and the letters application, and map
 each failure to exactly one status code: bad input to INVALID_ARGUMENT with
 field violations, a broken rule to FAILED_PRECONDITION naming it, an
-unknown letter to NOT_FOUND, a reused idempotency key to ALREADY_EXISTS, an
-unreachable token or database to UNAVAILABLE, a history whose seals fail to
-DATA_LOSS.
+unknown letter (or an event with no evidence) to NOT_FOUND, a reused
+idempotency key to ALREADY_EXISTS, an unreachable token or database to
+UNAVAILABLE (and evidence still being issued to UNAVAILABLE with RetryInfo),
+a history whose seals fail to DATA_LOSS.
 """
 
 from __future__ import annotations
@@ -53,6 +54,12 @@ from pli.infrastructure.letters import (
     iso,
 )
 from pli.infrastructure.views import LetterViewStore
+from pli.services.evidence_store import (
+    EvidenceEntry,
+    EvidenceNotBuilt,
+    EvidenceNotFound,
+    EvidenceStore,
+)
 from pli.services.identification import (
     MAX_ID_TOKEN,
     NONCE,
@@ -110,6 +117,21 @@ _PROOF_KINDS = {
     pb.PROOF_KIND_NON_CLAIM: ProofKind.NON_CLAIM,
 }
 _PROOF_TO_PB = {v: k for k, v in _PROOF_KINDS.items()}
+_EVIDENCE_TYPE_TO_PB = {
+    "SubmissionAcceptanceRejection": pb.EVIDENCE_TYPE_SUBMISSION_ACCEPTANCE_REJECTION,
+    "DeliveryNonDeliveryToRecipient": (
+        pb.EVIDENCE_TYPE_DELIVERY_NON_DELIVERY_TO_RECIPIENT
+    ),
+    "RetrievalNonRetrievalByRecipient": (
+        pb.EVIDENCE_TYPE_RETRIEVAL_NON_RETRIEVAL_BY_RECIPIENT
+    ),
+    "AcceptanceRejectionByRecipient": (
+        pb.EVIDENCE_TYPE_ACCEPTANCE_REJECTION_BY_RECIPIENT
+    ),
+    "DownloadNonDownloadByRecipient": (
+        pb.EVIDENCE_TYPE_DOWNLOAD_NON_DOWNLOAD_BY_RECIPIENT
+    ),
+}
 
 
 def timestamp(moment: dt.datetime | None) -> timestamp_pb2.Timestamp | None:
@@ -186,6 +208,15 @@ def _fail(context: grpc.ServicerContext, exc: Exception) -> None:
             "this idempotency key was already used for a different deposit",
             [error_info("IDEMPOTENCY_KEY_REUSED", letter_id=str(exc))],
         )
+    if isinstance(exc, EvidenceNotBuilt):
+        retry = error_details_pb2.RetryInfo()
+        retry.retry_delay.FromTimedelta(dt.timedelta(seconds=1))
+        abort(
+            context,
+            grpc.StatusCode.UNAVAILABLE,
+            "the evidence is being issued; retry shortly",
+            [retry],
+        )
     if isinstance(exc, TokenUnavailable | OperationalError):
         logger.error("dependency unavailable error=%s", type(exc).__name__)
         abort(
@@ -207,6 +238,10 @@ def _fail(context: grpc.ServicerContext, exc: Exception) -> None:
 
 _NOT_FOUND = {
     LetterNotFound: ("pli.v1.Letter", "no letter has this id"),
+    EvidenceNotFound: (
+        "pli.v1.Evidence",
+        "the letter has no event at this version that warrants evidence",
+    ),
     SenderAccountNotFound: ("pli.v1.SenderAccount", "no sender account has this id"),
     ConsentNotFound: (
         "pli.v1.Consent",
@@ -223,6 +258,8 @@ _MAPPED_ERRORS = (
     InvalidInput,
     RuleViolation,
     LetterNotFound,
+    EvidenceNotFound,
+    EvidenceNotBuilt,
     IdempotencyConflict,
     ConcurrentChange,
     TokenUnavailable,
@@ -411,12 +448,14 @@ class LetterServicer(_LetterMessages):
         views: LetterViewStore,
         proofs_dir: Path,
         authoriser: Authoriser,
+        evidence: EvidenceStore,
         poll_interval: float = 0.2,
     ) -> None:
         super().__init__(proofs_dir)
         self.letters = letters
         self.views = views
         self.authoriser = authoriser
+        self.evidence = evidence
         self.poll_interval = poll_interval
         self._owners: dict[UUID, UUID] = {}
 
@@ -533,6 +572,29 @@ class LetterServicer(_LetterMessages):
             next_page_token=token,
         )
 
+    @mapped
+    def ListEvidence(  # noqa: N802
+        self, request: pb.ListEvidenceRequest, context: grpc.ServicerContext
+    ) -> pb.ListEvidenceResponse:
+        """The letter's events that warrant REM evidence, and which are issued."""
+        entries = self.evidence.entries(_letter_id(request.letter_id, context))
+        return pb.ListEvidenceResponse(evidence=[_evidence(e) for e in entries])
+
+    @mapped
+    def GetEvidence(  # noqa: N802
+        self, request: pb.GetEvidenceRequest, context: grpc.ServicerContext
+    ) -> pb.GetEvidenceResponse:
+        """The sealed XML evidence of one event of the letter."""
+        problems = []
+        if not _is_uuid(request.letter_id):
+            problems.append(("letter_id", "must be a letter id (a UUID)"))
+        if request.version < 1:
+            problems.append(("version", "must be an event version, from 1"))
+        if problems:
+            abort_invalid(context, problems)
+        entry, document = self.evidence.read(UUID(request.letter_id), request.version)
+        return pb.GetEvidenceResponse(evidence=_evidence(entry), xml=document)
+
     def WatchLetters(  # noqa: N802
         self, request: pb.WatchLettersRequest, context: grpc.ServicerContext
     ) -> Iterator[pb.WatchLettersResponse]:
@@ -578,6 +640,15 @@ class LetterServicer(_LetterMessages):
                 self._owners.clear()
             self._owners[letter_id] = owner
         return owner
+
+
+def _evidence(entry: EvidenceEntry) -> pb.Evidence:
+    return pb.Evidence(
+        version=entry.version,
+        event=entry.event,
+        type=_EVIDENCE_TYPE_TO_PB[entry.element],
+        built=entry.built,
+    )
 
 
 def _iso_or_none(request: Any, field: str) -> str | None:

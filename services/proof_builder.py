@@ -2,8 +2,11 @@
 
 ``Notified`` yields the proof of deposit and sending (CPCE R.53-3 I issues it
 when the notification leaves); ``Accepted``, ``Refused`` and ``Expired``
-yield the proofs of receipt, refusal and non-claim. Rendering the same
-proof twice replaces the file, so resuming after a crash is harmless.
+yield the proofs of receipt, refusal and non-claim. Each proof embeds the
+sealed ETSI REM evidence of the events it attests (the proof of deposit and
+sending: ``Deposited`` and ``Notified``), issuing it first if the evidence
+follower has not yet. Rendering the same proof twice replaces the file, so
+resuming after a crash is harmless.
 """
 
 from __future__ import annotations
@@ -18,8 +21,9 @@ from pli.domain.proofs import ProofKind
 from pli.infrastructure.envelope import event_digest
 from pli.infrastructure.letters import LetterApplication
 from pli.infrastructure.views import LetterViewStore
+from pli.services.evidence_store import EvidenceStore
 from pli.services.processes import Follower, topic
-from pli.services.proofs import ProofFacts, ProofWriter
+from pli.services.proofs import AssociatedFile, ProofFacts, ProofWriter
 
 __all__ = ["ProofBuilder", "proof_facts"]
 
@@ -74,10 +78,15 @@ class ProofBuilder(Follower):
     topics = tuple(_PROOF_FOR)
 
     def __init__(
-        self, letters: LetterApplication, views: LetterViewStore, writer: ProofWriter
+        self,
+        letters: LetterApplication,
+        views: LetterViewStore,
+        writer: ProofWriter,
+        evidence: EvidenceStore,
     ) -> None:
         super().__init__(letters, views)
         self.writer = writer
+        self.evidence = evidence
 
     def handle(self, notification: Notification) -> list[dict[str, Any]]:
         """Render and seal the proof this event warrants."""
@@ -85,6 +94,26 @@ class ProofBuilder(Follower):
         letter = self.letters.repository.get(
             notification.originator_id, version=notification.originator_version
         )
-        self.writer.write(kind, proof_facts(self.letters, letter))
+        self.writer.write(
+            kind, proof_facts(self.letters, letter), self._evidence_of(kind, letter)
+        )
         logger.info("proof sealed letter=%s proof=%s", letter.id, kind.value)
         return []
+
+    def _evidence_of(self, kind: ProofKind, letter: Letter) -> list[AssociatedFile]:
+        # CPCE R.53-3 I: the proof of deposit and sending attests both.
+        versions = [letter.version]
+        if kind is ProofKind.DEPOSIT:
+            versions.insert(0, 1)
+        files = []
+        for version in versions:
+            entry, document = self.evidence.ensure(letter.id, version)
+            files.append(
+                AssociatedFile(
+                    f"etsi-rem-{entry.file_name}",
+                    document,
+                    "application/xml",
+                    f"Sealed ETSI TS 102 640-2 evidence of {entry.event}",
+                )
+            )
+        return files

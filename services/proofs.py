@@ -7,7 +7,12 @@ the time the proof is about (acceptance, refusal, end of the window). The
 same facts travel as a machine-readable ``evidence.json``, embedded with
 pyHanko as a PDF 2.0 associated file of the document (relationship ``Data``)
 and named after the ETSI EN 319 522-2 evidence event the proof attests, so an
-auditor's tool reads the facts without parsing the page.
+auditor's tool reads the facts without parsing the page. The sealed ETSI REM
+evidence of the events the proof attests (``pli.services.etsi_evidence``)
+travels with it as further associated files. Each associated file is embedded
+in the PDF/A-3 manner: its file specification carries ``/AFRelationship``
+and is listed in the document catalog's ``/AF`` array (pyHanko's
+``embed_file`` adds it there), besides the ``/EmbeddedFiles`` name tree.
 
 Sealing comes last (``pli.hsm.pades``), as the final incremental update, so
 the seal covers the page and the evidence alike. Proofs are written to
@@ -18,6 +23,8 @@ replaces it, which makes re-running the proof builder harmless.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
+from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
 
@@ -49,6 +56,7 @@ from pli.services.proof_page import (
 )
 
 __all__ = [
+    "AssociatedFile",
     "EVIDENCE_FILE",
     "EVIDENCE_FORMAT",
     "NON_QUALIFIED_LABEL",
@@ -61,8 +69,22 @@ __all__ = [
 ]
 
 
-def render_proof(proof_kind: ProofKind | str, facts: ProofFacts) -> bytes:
-    """Compose the unsealed proof PDF, with ``evidence.json`` attached."""
+@dataclass(frozen=True)
+class AssociatedFile:
+    """A file a proof carries as an associated file of the whole document."""
+
+    name: str
+    data: bytes
+    mime_type: str
+    description: str
+
+
+def render_proof(
+    proof_kind: ProofKind | str,
+    facts: ProofFacts,
+    associated: Sequence[AssociatedFile] = (),
+) -> bytes:
+    """Compose the unsealed proof PDF, with ``evidence.json`` and ``associated``."""
     kind = ProofKind(proof_kind)
     # CPCE R.53-3 II and III: each proof states the time of the fact it proves.
     own_time = own_time_field(kind)
@@ -72,7 +94,16 @@ def render_proof(proof_kind: ProofKind | str, facts: ProofFacts) -> bytes:
     page = compose_page(kind, facts)
 
     evidence = json.dumps(evidence_document(kind, facts), ensure_ascii=False, indent=2)
-    return _attach_evidence(page, evidence.encode("utf-8"))
+    files = [
+        AssociatedFile(
+            EVIDENCE_FILE,
+            evidence.encode("utf-8"),
+            "application/json",
+            "Machine-readable evidence (ETSI EN 319 522-2 semantics)",
+        ),
+        *associated,
+    ]
+    return _attach(page, files)
 
 
 class ProofWriter:
@@ -86,12 +117,17 @@ class ProofWriter:
         """Where the proof of this kind for this letter is stored."""
         return self.proofs_dir / letter_id / f"{ProofKind(proof_kind).value}.pdf"
 
-    def write(self, proof_kind: ProofKind | str, facts: ProofFacts) -> Path:
+    def write(
+        self,
+        proof_kind: ProofKind | str,
+        facts: ProofFacts,
+        associated: Sequence[AssociatedFile] = (),
+    ) -> Path:
         """Render, seal and store one proof, replacing any earlier copy."""
         kind = ProofKind(proof_kind)
         french, english = TITLES[kind]
         sealed = self.sealer.seal(
-            render_proof(kind, facts), reason=f"{french} / {english}"
+            render_proof(kind, facts, associated), reason=f"{french} / {english}"
         )
 
         path = self.path_for(kind, facts.letter_id)
@@ -99,19 +135,27 @@ class ProofWriter:
         return path
 
 
-def _attach_evidence(pdf: bytes, evidence: bytes) -> bytes:
+def _attach(pdf: bytes, files: Sequence[AssociatedFile]) -> bytes:
+    names = [f.name for f in files]
+    if len(set(names)) != len(names):
+        raise ValueError("associated files must have distinct names")
     writer = copy_into_new_writer(PdfFileReader(BytesIO(pdf)))
-    stream = EmbeddedFileObject.from_file_data(
-        writer, evidence, mime_type="application/json", params=EmbeddedFileParams()
-    )
-    spec = FileSpec(
-        file_spec_string=EVIDENCE_FILE,
-        file_name=EVIDENCE_FILE,
-        embedded_data=stream,
-        description="Machine-readable evidence (ETSI EN 319 522-2 semantics)",
-        af_relationship=generic.pdf_name("/Data"),
-    )
-    embed_file(writer, spec)
+    # The /EmbeddedFiles name tree must list its keys in sorted order.
+    for associated in sorted(files, key=lambda f: f.name):
+        stream = EmbeddedFileObject.from_file_data(
+            writer,
+            associated.data,
+            mime_type=associated.mime_type,
+            params=EmbeddedFileParams(),
+        )
+        spec = FileSpec(
+            file_spec_string=associated.name,
+            file_name=associated.name,
+            embedded_data=stream,
+            description=associated.description,
+            af_relationship=generic.pdf_name("/Data"),
+        )
+        embed_file(writer, spec)
     writer.root["/PageMode"] = generic.pdf_name("/UseAttachments")
     out = BytesIO()
     writer.write(out)

@@ -9,6 +9,7 @@ from pli.hsm.pades import PdfSealer
 from pli.hsm.seal import EventSealer, SealVerifier
 from pli.hsm.secrets import SecretBox
 from pli.hsm.token import Token
+from pli.hsm.xml_seal import XmlSealer
 from pli.infrastructure.accounts import Consents, SenderAccounts
 from pli.infrastructure.clock import SystemClock
 from pli.infrastructure.content import ContentStore
@@ -20,6 +21,8 @@ from pli.infrastructure.settings import Settings
 from pli.infrastructure.smtp import MailTransport, OutboxTransport, SmtpTransport
 from pli.infrastructure.views import LetterViewStore
 from pli.services.deposits import DepositAuthoriser
+from pli.services.evidence_issuer import EvidenceIssuer
+from pli.services.evidence_store import EvidenceFollower, EvidenceStore
 from pli.services.identification import IdentityChecker
 from pli.services.notification_delivery import NotificationDelivery
 from pli.services.notification_mail import MailComposer
@@ -52,6 +55,8 @@ class Runtime:
     views: LetterViewStore
     projector: Projector
     notifier: Notifier
+    evidence: EvidenceStore
+    evidence_follower: EvidenceFollower
     proof_builder: ProofBuilder
     expirer: Expirer
     runner: ProcessRunner
@@ -78,14 +83,20 @@ class Runtime:
         )
         projector = Projector(letters, views)
         notifier = Notifier(letters, views, _delivery(settings, letters, clock))
+        issuer = EvidenceIssuer(
+            settings.provider_name, XmlSealer(token, settings.token.certs_dir)
+        )
+        evidence = EvidenceStore(letters, issuer, settings.proofs_dir)
+        evidence_follower = EvidenceFollower(letters, views, evidence)
         pdf_sealer = PdfSealer(settings.token)
         proof_builder = ProofBuilder(
-            letters, views, ProofWriter(pdf_sealer, settings.proofs_dir)
+            letters, views, ProofWriter(pdf_sealer, settings.proofs_dir), evidence
         )
         expirer = Expirer(letters, views, clock)
         steps = [
             projector.run_once,
             notifier.run_once,
+            evidence_follower.run_once,
             proof_builder.run_once,
             expirer.run_once,
         ]
@@ -110,6 +121,8 @@ class Runtime:
             views=views,
             projector=projector,
             notifier=notifier,
+            evidence=evidence,
+            evidence_follower=evidence_follower,
             proof_builder=proof_builder,
             expirer=expirer,
             runner=runner,

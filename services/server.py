@@ -72,6 +72,7 @@ def start_server(
             runtime.views,
             proofs_dir,
             runtime.authoriser,
+            runtime.evidence,
             settings.poll_interval,
         ),
         "RecipientDeskService": RecipientDeskServicer(
