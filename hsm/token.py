@@ -141,12 +141,17 @@ class Token:
     def close(self) -> None:
         """Close the session, if one is open."""
         with self._lock:
-            if self._session is not None:
-                try:
-                    self._session.close()
-                except pkcs11.PKCS11Error:
-                    logger.warning("token session close failed")
-                self._session = None
+            self._discard()
+
+    def _discard(self) -> None:
+        # A session dropped without C_CloseSession keeps the process logged in
+        # to the token for as long as the module stays loaded.
+        session, self._session = self._session, None
+        if session is not None:
+            try:
+                session.close()
+            except pkcs11.PKCS11Error:
+                logger.warning("token session close failed")
 
     def _open(self) -> Any:
         self.config.activate()
@@ -177,10 +182,10 @@ class Token:
                     self._session = self._open()
                 return operation(self._session)
             except TokenUnavailable:
-                self._session = None
+                self._discard()
                 raise
             except (pkcs11.PKCS11Error, OSError, RuntimeError) as exc:
-                self._session = None
+                self._discard()
                 logger.error(
                     "token operation failed token=%s error=%s",
                     self.config.token_label,
