@@ -31,6 +31,7 @@ __all__ = [
     "PKCS11_LOCK",
     "ROOT_KEY_LABEL",
     "SEAL_KEY_LABEL",
+    "TSA_KEY_LABEL",
     "TokenConfig",
     "TokenUnavailable",
     "Token",
@@ -41,6 +42,7 @@ logger = logging.getLogger(__name__)
 DEFAULT_MODULE = "/usr/lib/softhsm/libsofthsm2.so"
 SEAL_KEY_LABEL = "pli-seal"
 ROOT_KEY_LABEL = "pli-dev-root"
+TSA_KEY_LABEL = "pli-tsa"
 
 T = TypeVar("T")
 
