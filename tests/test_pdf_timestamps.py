@@ -75,10 +75,12 @@ def seal_signer(token_config: TokenConfig) -> Iterator[PKCS11Signer]:
         session.close()
 
 
-def seal(pdf: bytes, signer: PKCS11Signer, timestamper: TimeStamper) -> bytes:
+def seal(
+    pdf: bytes, signer: PKCS11Signer, timestamper: TimeStamper, digest: str = "sha256"
+) -> bytes:
     metadata = signers.PdfSignatureMetadata(
         field_name="pli-seal",
-        md_algorithm="sha256",
+        md_algorithm=digest,
         subfilter=fields.SigSeedSubFilter.PADES,
     )
     writer = IncrementalPdfFileWriter(BytesIO(pdf), strict=False)
@@ -124,3 +126,15 @@ def test_a_seal_fails_closed_when_the_tsa_is_down(
 
     with pytest.raises(TimeStampUnavailable, match="unreachable"):
         seal(pdf, seal_signer, PyhankoTimeStamper(source))
+
+
+def test_a_seal_hashed_otherwise_than_with_sha256_gets_no_stamp(
+    pdf: bytes,
+    seal_signer: PKCS11Signer,
+    tsa_authority: TimeStampAuthority,
+    dev_root: x509.Certificate,
+) -> None:
+    source = LocalTimeStampClient(tsa_authority, trust_roots=[dev_root])
+
+    with pytest.raises(TimeStampUnavailable, match="only sha256"):
+        seal(pdf, seal_signer, PyhankoTimeStamper(source), digest="sha512")

@@ -16,6 +16,7 @@ import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -36,10 +37,13 @@ from pli.hsm.timestamp import (
 )
 from pli.hsm.token import TokenConfig
 from pli.hsm.tsa import TimeStampAuthority
+from pli.infrastructure.clock import SystemClock
+from pli.infrastructure.settings import Settings
 from pli.infrastructure.timestamps import (
     HttpTimeStampClient,
     LocalTimeStampClient,
     TimeStampUnavailable,
+    time_stamp_source,
 )
 from pli.infrastructure.tsa_server import TsaServer
 
@@ -497,3 +501,31 @@ def test_the_certificate_in_a_stamp_is_the_tsa_certificate(
 
     assert info.tsa_certificate == expected
     assert info.tsa == expected.subject.rfc4514_string()
+
+
+# -- where stamps come from --------------------------------------------------
+
+
+def test_without_a_tsa_url_stamps_come_from_the_built_in_tsa(
+    tsa_server: TsaServer,
+    tsa_authority: TimeStampAuthority,
+    token_config: TokenConfig,
+    tmp_path: Path,
+) -> None:
+    settings = Settings(
+        home=tmp_path,
+        database_url="",
+        listen="127.0.0.1:0",
+        provider_name="pli test provider (non-qualified)",
+        token=token_config,
+        poll_interval=0.05,
+        development_clock=True,
+    )
+    over_http = replace(settings, tsa=replace(settings.tsa, url=tsa_server.url))
+
+    built_in = time_stamp_source(settings, tsa_authority.token, SystemClock())
+    remote = time_stamp_source(over_http, tsa_authority.token, SystemClock())
+
+    assert isinstance(built_in, LocalTimeStampClient)
+    assert isinstance(remote, HttpTimeStampClient)
+    assert built_in.stamp(DIGEST).policy == remote.stamp(DIGEST).policy
