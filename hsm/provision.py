@@ -7,6 +7,12 @@ generated inside the token as sensitive and non-extractable; certificates are
 built with ``cryptography`` and signed by the token, so no private key ever
 exists outside it. The chain is a development chain, labelled non-qualified in its
 subject names; production imports the operator's qualified certificates.
+
+The development root issues the seal certificate, the built-in TSA's
+certificate (``pli-tsa``: critical extended key usage timeStamping, RFC 3161
+§2.3) and a CRL (``root.crl``, DER), which each run reissues once it is
+older than half its validity. Leaf certificates name the CRL's address on
+the built-in TSA's HTTP server (:data:`CRL_URL`).
 """
 
 from __future__ import annotations
@@ -20,24 +26,43 @@ from pathlib import Path
 from typing import Any
 
 import pkcs11
+from asn1crypto import crl as asn1_crl
 from asn1crypto import x509 as asn1_x509
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from pkcs11 import Attribute, KeyType, ObjectClass
 from pkcs11.util.ec import encode_ec_public_key, encode_named_curve_parameters
 
 from pli.hsm.secrets import SECRETS_KEY_LABEL, generate_secrets_key, has_secret_key
-from pli.hsm.token import ROOT_KEY_LABEL, SEAL_KEY_LABEL, Token, TokenConfig
+from pli.hsm.token import (
+    ROOT_KEY_LABEL,
+    SEAL_KEY_LABEL,
+    TSA_KEY_LABEL,
+    Token,
+    TokenConfig,
+)
 
-__all__ = ["initialise_token", "ROOT_CERT_FILE", "SEAL_CERT_FILE"]
+__all__ = [
+    "CRL_URL",
+    "ROOT_CERT_FILE",
+    "ROOT_CRL_FILE",
+    "SEAL_CERT_FILE",
+    "TSA_CERT_FILE",
+    "initialise_token",
+    "refresh_crl",
+]
 
 logger = logging.getLogger(__name__)
 
 ROOT_CERT_FILE = "root.pem"
 SEAL_CERT_FILE = "seal.pem"
+TSA_CERT_FILE = "tsa.pem"
+ROOT_CRL_FILE = "root.crl"
+CRL_URL = "http://127.0.0.1:8318/crl/root.crl"
 _VALIDITY = dt.timedelta(days=3 * 365)
+_CRL_VALIDITY = dt.timedelta(days=30)
 
 
 def initialise_token(config: TokenConfig) -> list[str]:
@@ -53,7 +78,7 @@ def initialise_token(config: TokenConfig) -> list[str]:
     token = Token(config)
     try:
         with token.session() as session:
-            for label in (ROOT_KEY_LABEL, SEAL_KEY_LABEL):
+            for label in (ROOT_KEY_LABEL, SEAL_KEY_LABEL, TSA_KEY_LABEL):
                 if not token.has_private_key(session, label):
                     _generate_ec_key(session, label)
                     created.append(f"key {label} (EC P-256, non-extractable)")
@@ -61,6 +86,10 @@ def initialise_token(config: TokenConfig) -> list[str]:
                 generate_secrets_key(session, SECRETS_KEY_LABEL)
                 created.append(f"key {SECRETS_KEY_LABEL} (AES-256, non-extractable)")
         created += _issue_certificates(token, config)
+        root = x509.load_pem_x509_certificate(
+            (config.certs_dir / ROOT_CERT_FILE).read_bytes()
+        )
+        created += refresh_crl(token, root, config.certs_dir / ROOT_CRL_FILE)
     finally:
         token.close()
     return created
@@ -147,11 +176,9 @@ def public_key_of(session: Any, label: str) -> ec.EllipticCurvePublicKey:
 def _issue_certificates(token: Token, config: TokenConfig) -> list[str]:
     config.certs_dir.mkdir(parents=True, exist_ok=True)
     root_path = config.certs_dir / ROOT_CERT_FILE
-    seal_path = config.certs_dir / SEAL_CERT_FILE
     created: list[str] = []
     with token.session() as session:
         root_public = public_key_of(session, ROOT_KEY_LABEL)
-        seal_public = public_key_of(session, SEAL_KEY_LABEL)
 
     if not root_path.exists():
         name = _name("pli development root CA (non-qualified)")
@@ -168,27 +195,119 @@ def _issue_certificates(token: Token, config: TokenConfig) -> list[str]:
         created.append(f"development root certificate {root_path}")
 
     root = x509.load_pem_x509_certificate(root_path.read_bytes())
-    if not seal_path.exists():
-        builder = (
-            _base_builder(
-                _name("pli development seal (non-qualified)"),
-                root.subject,
-                seal_public,
+    leaves = (
+        (SEAL_KEY_LABEL, SEAL_CERT_FILE, "pli development seal (non-qualified)", ()),
+        (
+            TSA_KEY_LABEL,
+            TSA_CERT_FILE,
+            "pli development time-stamping authority (non-qualified)",
+            (ExtendedKeyUsageOID.TIME_STAMPING,),
+        ),
+    )
+    for label, file_name, common_name, purposes in leaves:
+        path = config.certs_dir / file_name
+        if path.exists():
+            continue
+        with token.session() as session:
+            public_key = public_key_of(session, label)
+        builder = _leaf_builder(_name(common_name), public_key, root)
+        if purposes:
+            # RFC 3161 §2.3: a TSA certificate has exactly this one purpose,
+            # and the extension is critical.
+            builder = builder.add_extension(
+                x509.ExtendedKeyUsage(list(purposes)), critical=True
             )
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), True)
-            .add_extension(_key_usage(cert_sign=False), critical=True)
-            .add_extension(
-                x509.SubjectKeyIdentifier.from_public_key(seal_public), False
-            )
-            .add_extension(
-                x509.AuthorityKeyIdentifier.from_issuer_public_key(root.public_key()),
-                critical=False,
-            )
-        )
-        seal = _sign_with_token(token, builder, ROOT_KEY_LABEL)
-        _store_certificate(token, seal, SEAL_KEY_LABEL, seal_path)
-        created.append(f"development seal certificate {seal_path}")
+        leaf = _sign_with_token(token, builder, ROOT_KEY_LABEL)
+        _store_certificate(token, leaf, label, path)
+        created.append(f"development certificate {path}")
     return created
+
+
+def _leaf_builder(
+    subject: x509.Name, public_key: ec.EllipticCurvePublicKey, root: x509.Certificate
+) -> x509.CertificateBuilder:
+    distribution_point = x509.DistributionPoint(
+        full_name=[x509.UniformResourceIdentifier(CRL_URL)],
+        relative_name=None,
+        reasons=None,
+        crl_issuer=None,
+    )
+    return (
+        _base_builder(subject, root.subject, public_key)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), True)
+        .add_extension(_key_usage(cert_sign=False), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(root.public_key()),
+            critical=False,
+        )
+        .add_extension(x509.CRLDistributionPoints([distribution_point]), False)
+    )
+
+
+def refresh_crl(
+    token: Token,
+    root: x509.Certificate,
+    path: Path,
+    *,
+    now: dt.datetime | None = None,
+) -> list[str]:
+    """Issue the root's CRL at ``path`` if it is missing, foreign or half-lived."""
+    now = (now or dt.datetime.now(dt.UTC)).replace(microsecond=0)
+    current = _read_crl(path, root)
+    if current is not None:
+        issued = current.last_update_utc
+        lifetime = (current.next_update_utc or issued) - issued
+        if now - issued < lifetime / 2:
+            return []
+    number = 1 if current is None else _crl_number(current) + 1
+
+    builder = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(root.subject)
+        .last_update(now)
+        .next_update(now + _CRL_VALIDITY)
+        .add_extension(x509.CRLNumber(number), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(root.public_key()),
+            critical=False,
+        )
+    )
+    scratch = builder.sign(ec.generate_private_key(ec.SECP256R1()), hashes.SHA256())
+    tbs = scratch.tbs_certlist_bytes
+    signature = token.sign_ecdsa_sha256(ROOT_KEY_LABEL, tbs)
+    crl = asn1_crl.CertificateList(
+        {
+            "tbs_cert_list": asn1_crl.TbsCertList.load(tbs),
+            "signature_algorithm": {"algorithm": "sha256_ecdsa"},
+            "signature": signature,
+        }
+    )
+    path.write_bytes(crl.dump())
+    logger.info("development root CRL issued number=%d", number)
+    return [f"development root CRL {path} (number {number})"]
+
+
+def _read_crl(
+    path: Path, root: x509.Certificate
+) -> x509.CertificateRevocationList | None:
+    """The CRL at ``path`` if it is one the root signed, else None."""
+    try:
+        crl = x509.load_der_x509_crl(path.read_bytes())
+    except (OSError, ValueError):
+        return None
+    public_key = root.public_key()
+    assert isinstance(public_key, ec.EllipticCurvePublicKey)
+    if crl.issuer != root.subject or not crl.is_signature_valid(public_key):
+        return None
+    return crl
+
+
+def _crl_number(crl: x509.CertificateRevocationList) -> int:
+    try:
+        return crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
+    except x509.ExtensionNotFound:
+        return 0
 
 
 def _name(common_name: str) -> x509.Name:

@@ -31,6 +31,7 @@ __all__ = [
     "PKCS11_LOCK",
     "ROOT_KEY_LABEL",
     "SEAL_KEY_LABEL",
+    "TSA_KEY_LABEL",
     "TokenConfig",
     "TokenUnavailable",
     "Token",
@@ -41,6 +42,7 @@ logger = logging.getLogger(__name__)
 DEFAULT_MODULE = "/usr/lib/softhsm/libsofthsm2.so"
 SEAL_KEY_LABEL = "pli-seal"
 ROOT_KEY_LABEL = "pli-dev-root"
+TSA_KEY_LABEL = "pli-tsa"
 
 T = TypeVar("T")
 
@@ -141,12 +143,17 @@ class Token:
     def close(self) -> None:
         """Close the session, if one is open."""
         with self._lock:
-            if self._session is not None:
-                try:
-                    self._session.close()
-                except pkcs11.PKCS11Error:
-                    logger.warning("token session close failed")
-                self._session = None
+            self._discard()
+
+    def _discard(self) -> None:
+        # A session dropped without C_CloseSession keeps the process logged in
+        # to the token for as long as the module stays loaded.
+        session, self._session = self._session, None
+        if session is not None:
+            try:
+                session.close()
+            except pkcs11.PKCS11Error:
+                logger.warning("token session close failed")
 
     def _open(self) -> Any:
         self.config.activate()
@@ -177,10 +184,10 @@ class Token:
                     self._session = self._open()
                 return operation(self._session)
             except TokenUnavailable:
-                self._session = None
+                self._discard()
                 raise
             except (pkcs11.PKCS11Error, OSError, RuntimeError) as exc:
-                self._session = None
+                self._discard()
                 logger.error(
                     "token operation failed token=%s error=%s",
                     self.config.token_label,

@@ -4,28 +4,132 @@ The embedded default needs no variable at all: SQLite, the SoftHSM token,
 content, proofs and the ``.eml`` outbox all live under ``./var`` (or
 ``PLI_HOME``). Production sets ``PLI_DATABASE_URL`` to a PostgreSQL URL,
 ``PLI_PKCS11_MODULE`` to its HSM's module and ``PLI_SMTP_HOST`` to its mail
-relay; the README lists every variable.
+relay; the README lists every variable. ``PLI_TSA_URL`` points at the
+operator's time-stamping authority; without it pli stamps with its built-in,
+non-qualified TSA.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import os
-from dataclasses import dataclass
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
+from cryptography import x509
+
+from pli.hsm.provision import ROOT_CERT_FILE
+from pli.hsm.timestamp import NotQualifiedRoot, refuse_development_roots
 from pli.hsm.token import TokenConfig
 from pli.infrastructure.smtp import SmtpSettings
 
-__all__ = ["Settings", "SettingsError"]
+__all__ = ["Settings", "SettingsError", "TsaSettings"]
 
 DEFAULT_MAIL_FROM = "pli <no-reply@pli.invalid>"
 DEFAULT_ACCEPT_URL = "https://desk.pli.invalid/letters/{letter_id}/accept"
 DEFAULT_REFUSE_URL = "https://desk.pli.invalid/letters/{letter_id}/refuse"
+DEFAULT_TSA_LISTEN = "127.0.0.1:8318"
+_OID = re.compile(r"[0-2](\.(0|[1-9][0-9]*))+")
 
 
 class SettingsError(ValueError):
     """A configuration variable has a value pli cannot use."""
+
+
+@dataclass(frozen=True)
+class TsaSettings:
+    """Where time stamps come from and which authorities are believed.
+
+    Without ``url`` pli stamps with its built-in TSA (non-qualified); the
+    built-in TSA's HTTP server (``pli tsa serve``) listens on ``listen_host``
+    and ``listen_port``. Trust anchors default to the development root
+    beside the token; qualified roots default to none, so no stamp counts as
+    qualified until the operator names its qualified roots.
+    """
+
+    url: str | None = None
+    policy: str | None = None
+    username: str | None = None
+    password_file: Path | None = None
+    trust_file: Path | None = None
+    qualified_roots_file: Path | None = None
+    listen_host: str = "127.0.0.1"
+    listen_port: int = 8318
+    timeout: float = 10.0
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] = os.environ) -> TsaSettings:
+        """The ``PLI_TSA_*`` and ``PLI_QUALIFIED_ROOTS`` settings."""
+        url = environ.get("PLI_TSA_URL", "").strip() or None
+        if url is not None:
+            parts = urlsplit(url)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise SettingsError("PLI_TSA_URL is no http:// or https:// URL")
+            if parts.username or parts.password:
+                raise SettingsError(
+                    "PLI_TSA_URL may not carry credentials; "
+                    "use PLI_TSA_USERNAME and PLI_TSA_PASSWORD_FILE"
+                )
+        policy = environ.get("PLI_TSA_POLICY", "").strip() or None
+        if policy is not None and not _OID.fullmatch(policy):
+            raise SettingsError(f"PLI_TSA_POLICY={policy!r} is no dotted OID")
+        username = environ.get("PLI_TSA_USERNAME") or None
+        password_file = _file("PLI_TSA_PASSWORD_FILE", environ)
+        if (username is None) != (password_file is None):
+            raise SettingsError(
+                "PLI_TSA_USERNAME and PLI_TSA_PASSWORD_FILE go together"
+            )
+        host, port = _listen(environ.get("PLI_TSA_LISTEN", DEFAULT_TSA_LISTEN))
+        timeout = environ.get("PLI_TSA_TIMEOUT", "10")
+        try:
+            seconds = float(timeout)
+        except ValueError as exc:
+            raise SettingsError(f"PLI_TSA_TIMEOUT={timeout!r} is no number") from exc
+        if not seconds > 0:
+            raise SettingsError(f"PLI_TSA_TIMEOUT={timeout!r} must be positive")
+        settings = cls(
+            url=url,
+            policy=policy,
+            username=username,
+            password_file=password_file,
+            trust_file=_file("PLI_TSA_TRUST", environ),
+            qualified_roots_file=_file("PLI_QUALIFIED_ROOTS", environ),
+            listen_host=host,
+            listen_port=port,
+            timeout=seconds,
+        )
+        settings.qualified_roots()
+        return settings
+
+    def trust_roots(self, certs_dir: Path) -> list[x509.Certificate]:
+        """The trust anchors: ``PLI_TSA_TRUST``, else the development root."""
+        path = self.trust_file or certs_dir / ROOT_CERT_FILE
+        return _certificates(path, "PLI_TSA_TRUST")
+
+    def qualified_roots(self) -> list[x509.Certificate]:
+        """The roots whose stamps count as qualified; never a development root."""
+        if self.qualified_roots_file is None:
+            return []
+        roots = _certificates(self.qualified_roots_file, "PLI_QUALIFIED_ROOTS")
+        try:
+            refuse_development_roots(roots)
+        except NotQualifiedRoot as exc:
+            raise SettingsError(f"PLI_QUALIFIED_ROOTS: {exc}") from exc
+        return roots
+
+    def password(self) -> str | None:
+        """The TSA login password, read from its file at each call."""
+        if self.password_file is None:
+            return None
+        try:
+            return self.password_file.read_text().rstrip("\r\n")
+        except OSError as exc:
+            raise SettingsError(
+                f"PLI_TSA_PASSWORD_FILE={self.password_file} is unreadable"
+            ) from exc
 
 
 @dataclass(frozen=True)
@@ -45,6 +149,7 @@ class Settings:
     desk_accept_url_template: str = DEFAULT_ACCEPT_URL
     desk_refuse_url_template: str = DEFAULT_REFUSE_URL
     smtp: SmtpSettings | None = None
+    tsa: TsaSettings = field(default_factory=TsaSettings)
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -71,6 +176,7 @@ class Settings:
             desk_accept_url_template=_desk_template("ACCEPT", DEFAULT_ACCEPT_URL),
             desk_refuse_url_template=_desk_template("REFUSE", DEFAULT_REFUSE_URL),
             smtp=_smtp_settings(),
+            tsa=TsaSettings.from_env(),
         )
 
     @property
@@ -164,3 +270,37 @@ def _smtp_settings() -> SmtpSettings | None:
         return SmtpSettings.from_env()
     except ValueError as exc:
         raise SettingsError(str(exc)) from exc
+
+
+def _file(name: str, environ: Mapping[str, str]) -> Path | None:
+    value = environ.get(name, "")
+    if not value:
+        return None
+    path = Path(value).resolve()
+    if not path.is_file():
+        raise SettingsError(f"{name}={value!r} is no file")
+    return path
+
+
+def _certificates(path: Path, name: str) -> list[x509.Certificate]:
+    try:
+        certificates = x509.load_pem_x509_certificates(path.read_bytes())
+    except (OSError, ValueError) as exc:
+        raise SettingsError(f"{name}: no PEM certificates in {path}") from exc
+    return certificates
+
+
+def _listen(value: str) -> tuple[str, int]:
+    """A loopback ``host:port`` (``[::1]:port`` for IPv6)."""
+    host, _, port = value.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback or not port.isdigit() or not 0 < int(port) < 65536:
+        raise SettingsError(
+            f"PLI_TSA_LISTEN={value!r} must be a loopback address and port, "
+            "e.g. 127.0.0.1:8318"
+        )
+    return host, int(port)

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 from pli.compliance.audit import audit
 from pli.domain.clock import FixedClock
-from pli.hsm.provision import initialise_token
+from pli.hsm.provision import ROOT_CRL_FILE, initialise_token
 from pli.hsm.token import TokenUnavailable
 from pli.infrastructure.settings import Settings, SettingsError
 
@@ -41,6 +41,36 @@ def _serve(settings: Settings, _: argparse.Namespace) -> int:
         signal.signal(signum, lambda *_: stop.set())
     stop.wait()
     running.stop()
+    return 0
+
+
+def _tsa_serve(settings: Settings, _: argparse.Namespace) -> int:
+    from pli.hsm.token import Token
+    from pli.hsm.tsa import TimeStampAuthority
+    from pli.infrastructure.clock import SystemClock
+    from pli.infrastructure.tsa_server import TsaServer
+
+    token = Token(settings.token)
+    authority = TimeStampAuthority.from_token(token, SystemClock())
+    server = TsaServer(
+        authority,
+        settings.token.certs_dir / ROOT_CRL_FILE,
+        host=settings.tsa.listen_host,
+        port=settings.tsa.listen_port,
+    )
+    try:
+        url = server.start()
+    except OSError as exc:
+        print(f"pli: cannot listen on {server.url}: {exc.strerror}", file=sys.stderr)
+        return 2
+    print(f"pli built-in TSA (non-qualified) serving on {url}", flush=True)
+    print(f"CRL of the development root at {server.crl_url}", flush=True)
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    stop.wait()
+    server.stop()
+    token.close()
     return 0
 
 
@@ -145,6 +175,13 @@ def _parser() -> argparse.ArgumentParser:
         "init", help="create the token, keys and development certificates"
     ).set_defaults(run=_hsm_init)
     commands.add_parser("serve", help="serve pli.v1 over gRPC").set_defaults(run=_serve)
+    tsa = commands.add_parser("tsa", help="the built-in time-stamping authority")
+    tsa_commands = tsa.add_subparsers(dest="tsa_command", required=True)
+    tsa_commands.add_parser(
+        "serve",
+        help="serve RFC 3161 time stamps (non-qualified) and the root's CRL "
+        "over HTTP on PLI_TSA_LISTEN until SIGINT or SIGTERM",
+    ).set_defaults(run=_tsa_serve)
     audit_parser = commands.add_parser("audit", help="auditors' tools")
     audit_commands = audit_parser.add_subparsers(dest="audit_command", required=True)
     audit_commands.add_parser(

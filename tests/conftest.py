@@ -16,14 +16,22 @@ from pathlib import Path
 
 import grpc
 import pytest
+from cryptography import x509
 
 sys.path.insert(0, str(Path(__file__).parent))
 
 from pli.domain.clock import FixedClock  # noqa: E402
-from pli.hsm.provision import initialise_token  # noqa: E402
-from pli.hsm.token import DEFAULT_MODULE, TokenConfig  # noqa: E402
+from pli.hsm.provision import (  # noqa: E402
+    ROOT_CERT_FILE,
+    ROOT_CRL_FILE,
+    initialise_token,
+)
+from pli.hsm.token import DEFAULT_MODULE, Token, TokenConfig  # noqa: E402
+from pli.hsm.tsa import TimeStampAuthority  # noqa: E402
+from pli.infrastructure.clock import SystemClock  # noqa: E402
 from pli.infrastructure.dev_idp import DevIdentityProvider  # noqa: E402
 from pli.infrastructure.settings import Settings  # noqa: E402
+from pli.infrastructure.tsa_server import TsaServer  # noqa: E402
 from pli.services.runtime import Runtime  # noqa: E402
 from pli.services.server import RunningServer, start_server  # noqa: E402
 from pli.v1 import (  # noqa: E402
@@ -155,3 +163,32 @@ def pli(settings: Settings, clock: FixedClock) -> Iterator[Pli]:
 def settings_with_wrong_pin(settings: Settings) -> Settings:
     """The same settings, logging into the token with a wrong PIN."""
     return replace(settings, token=replace(settings.token, pin_from_env="0000"))
+
+
+@pytest.fixture(scope="session")
+def dev_root(token_config: TokenConfig) -> x509.Certificate:
+    """The development root that issued the seal and TSA certificates."""
+    return x509.load_pem_x509_certificate(
+        (token_config.certs_dir / ROOT_CERT_FILE).read_bytes()
+    )
+
+
+@pytest.fixture
+def tsa_authority(token_config: TokenConfig) -> Iterator[TimeStampAuthority]:
+    """The built-in TSA of the session's token, on the machine's clock.
+
+    Its token session closes after the test: PKCS#11 logins are per process,
+    and a session left open would keep the process logged in.
+    """
+    token = Token(token_config)
+    yield TimeStampAuthority.from_token(token, SystemClock())
+    token.close()
+
+
+@pytest.fixture
+def tsa_server(
+    tsa_authority: TimeStampAuthority, token_config: TokenConfig
+) -> Iterator[TsaServer]:
+    """The built-in TSA and the root's CRL over HTTP on a free loopback port."""
+    with TsaServer(tsa_authority, token_config.certs_dir / ROOT_CRL_FILE) as server:
+        yield server

@@ -43,14 +43,17 @@ def opensc_listing(token_config: TokenConfig) -> str:
     ).stdout
 
 
-def test_opensc_lists_a_non_extractable_seal_key(token_config: TokenConfig) -> None:
+def test_opensc_lists_non_extractable_seal_and_tsa_keys(
+    token_config: TokenConfig,
+) -> None:
     listing = opensc_listing(token_config)
     private_keys = listing.split("Private Key Object")[1:]
 
-    assert len(private_keys) == 2
+    assert len(private_keys) == 3
     assert all("never extractable" in block for block in private_keys)
     assert "label:      pli-seal" in listing
-    assert listing.count("Certificate Object") == 2
+    assert "label:      pli-tsa" in listing
+    assert listing.count("Certificate Object") == 3
 
 
 def test_opensc_lists_a_non_extractable_aes_key_for_secrets(
