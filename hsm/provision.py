@@ -334,6 +334,24 @@ def _key_usage(*, cert_sign: bool) -> x509.KeyUsage:
     )
 
 
+def development_validity_start(now: dt.datetime) -> dt.datetime:
+    """When development certificates start to be valid.
+
+    The built-in TSA stamps with the process's clock, which a development
+    clock (tests, ``pli expire --at``) may set in the past; such a time is
+    only stamped if the chain was already valid then. ``PLI_DEV_CERTS_VALID_FROM``
+    (an ISO 8601 instant) moves the start back; by default it is five minutes
+    before ``pli hsm init``.
+    """
+    earlier = os.environ.get("PLI_DEV_CERTS_VALID_FROM", "").strip()
+    if not earlier:
+        return now - dt.timedelta(minutes=5)
+    start = dt.datetime.fromisoformat(earlier)
+    if start.utcoffset() is None:
+        raise ValueError("PLI_DEV_CERTS_VALID_FROM needs a UTC offset")
+    return min(start, now - dt.timedelta(minutes=5))
+
+
 def _base_builder(
     subject: x509.Name, issuer: x509.Name, public_key: ec.EllipticCurvePublicKey
 ) -> x509.CertificateBuilder:
@@ -344,7 +362,7 @@ def _base_builder(
         .issuer_name(issuer)
         .public_key(public_key)
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_before(development_validity_start(now))
         .not_valid_after(now + _VALIDITY)
     )
 

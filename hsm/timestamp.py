@@ -158,6 +158,15 @@ def check_token(
     return _check(token, digest, None, policy, trust_roots, qualified_roots)
 
 
+def stamped_digest(token: bytes) -> bytes:
+    """The digest a token claims to stamp (its message imprint), unchecked.
+
+    Callers check the token against this digest with :func:`check_token`
+    once they have matched it with what they expect it to cover.
+    """
+    return bytes(_parse(token).tst_info["message_imprint"]["hashed_message"].native)
+
+
 def is_development_certificate(certificate: x509.Certificate) -> bool:
     """Whether a certificate belongs to pli's development, non-qualified chain."""
     subject = certificate.subject

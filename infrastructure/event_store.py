@@ -16,8 +16,9 @@ import random
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from threading import Lock
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 from uuid import UUID
 
 from eventsourcing.application import Application
@@ -34,17 +35,21 @@ from pli.hsm.seal import EventSealer, Seal, SealVerifier, UnknownSealKey
 from pli.infrastructure.envelope import (
     GENESIS,
     Envelope,
+    EventStamp,
     MalformedEnvelope,
     event_digest,
     seal_message,
+    stamp_leaf_input,
 )
 
 __all__ = [
     "BrokenHistory",
     "ConcurrentChange",
     "EnvelopeMapper",
+    "EventStamper",
     "SealedApplication",
     "SealingEventStore",
+    "StampingUnavailable",
 ]
 
 logger = logging.getLogger(__name__)
@@ -94,6 +99,30 @@ def _id(stored: StoredEvent) -> str:
     return str(stored.originator_id)
 
 
+class StampingUnavailable(Exception):
+    """The time-stamp authority cannot stamp; nothing was stored."""
+
+
+class EventStamper(Protocol):
+    """Time-stamps a batch of stamp leaves with one token over their tree."""
+
+    def stamp_leaves(self, leaves: Sequence[bytes]) -> list[EventStamp]:
+        """One :class:`EventStamp` per leaf input, in order."""
+        ...
+
+
+@dataclass
+class _Draft:
+    """An event sealed but not yet stamped or wrapped in its envelope."""
+
+    stored: StoredEvent
+    previous: str
+    message: bytes
+    seal: Seal
+    stamp: EventStamp | None = None
+    sealed: StoredEvent | None = None
+
+
 class SealingEventStore(EventStore[UUID]):
     """Seals and chains events on the way in, checks them on the way out."""
 
@@ -103,10 +132,14 @@ class SealingEventStore(EventStore[UUID]):
         recorder: Any,
         sealer: EventSealer,
         verifier: SealVerifier,
+        stamper: EventStamper | None = None,
+        stamped_topics: frozenset[str] = frozenset(),
     ) -> None:
         super().__init__(mapper, recorder)
         self.sealer = sealer
         self.verifier = verifier
+        self.stamper = stamper
+        self.stamped_topics = stamped_topics
         self._heads: OrderedDict[str, tuple[int, str]] = OrderedDict()
         self._heads_lock = Lock()
 
@@ -196,38 +229,58 @@ class SealingEventStore(EventStore[UUID]):
             return False
 
     def _seal_batch(self, plain: list[StoredEvent]) -> list[StoredEvent]:
-        batch_heads: dict[str, tuple[int, str]] = {}
-        sealed: list[StoredEvent] = []
+        drafts: list[_Draft] = []
+        # The draft of each letter's latest event in this batch: the next event
+        # of the same letter chains to its digest, known once it is stamped.
+        latest: dict[str, _Draft] = {}
         for stored in plain:
             letter = _id(stored)
             version = stored.originator_version
-            head = batch_heads.get(letter)
-            if head is not None and head[0] == version - 1:
-                previous = head[1]
+            head = latest.get(letter)
+            if head is not None and head.stored.originator_version == version - 1:
+                if head.sealed is None:
+                    self._stamp_and_finish(drafts)
+                assert head.sealed is not None
+                previous = event_digest(
+                    letter, version - 1, head.sealed.topic, head.sealed.state
+                )
             else:
                 previous = self._previous_digest(stored)
             message = seal_message(
                 letter, version, stored.topic, stored.state, previous
             )
-            seal = self.sealer.seal(message)
+            draft = _Draft(stored, previous, message, self.sealer.seal(message))
+            drafts.append(draft)
+            latest[letter] = draft
+        self._stamp_and_finish(drafts)
+        return [draft.sealed for draft in drafts if draft.sealed is not None]
+
+    def _stamp_and_finish(self, drafts: list[_Draft]) -> None:
+        """Stamp the drafts that need it, in one request, and build their states."""
+        waiting = [d for d in drafts if d.sealed is None]
+        to_stamp = [d for d in waiting if d.stored.topic in self.stamped_topics]
+        if to_stamp:
+            if self.stamper is None:
+                raise StampingUnavailable("no time-stamp authority configured")
+            leaves = [stamp_leaf_input(d.message, d.seal.signature) for d in to_stamp]
+            for draft, stamp in zip(
+                to_stamp, self.stamper.stamp_leaves(leaves), strict=True
+            ):
+                draft.stamp = stamp
+        for draft in waiting:
             state = Envelope(
-                payload=stored.state,
-                previous=previous,
-                key_id=seal.key_id,
-                signature=seal.signature,
+                payload=draft.stored.state,
+                previous=draft.previous,
+                key_id=draft.seal.key_id,
+                signature=draft.seal.signature,
+                stamp=draft.stamp,
             ).to_bytes()
-            sealed_event = StoredEvent(
-                originator_id=stored.originator_id,
-                originator_version=version,
-                topic=stored.topic,
+            draft.sealed = StoredEvent(
+                originator_id=draft.stored.originator_id,
+                originator_version=draft.stored.originator_version,
+                topic=draft.stored.topic,
                 state=state,
             )
-            batch_heads[letter] = (
-                version,
-                event_digest(letter, version, stored.topic, state),
-            )
-            sealed.append(sealed_event)
-        return sealed
 
     def _previous_digest(self, stored: StoredEvent) -> str:
         letter = _id(stored)
@@ -264,16 +317,24 @@ class SealingEventStore(EventStore[UUID]):
 
 
 class SealedApplication(Application[UUID]):
-    """An application that records through a :class:`SealingEventStore`."""
+    """An application that records through a :class:`SealingEventStore`.
+
+    Events whose topic is in :attr:`stamped_topics` are time-stamped as they
+    are sealed, by ``stamper``; without one, recording them fails.
+    """
+
+    stamped_topics: frozenset[str] = frozenset()
 
     def __init__(
         self,
         env: dict[str, str],
         sealer: EventSealer,
         verifier: SealVerifier,
+        stamper: EventStamper | None = None,
     ) -> None:
         self._sealer = sealer
         self._verifier = verifier
+        self._stamper = stamper
         super().__init__(env)
 
     def construct_mapper(self) -> Mapper[UUID]:
@@ -287,7 +348,12 @@ class SealedApplication(Application[UUID]):
     def construct_event_store(self) -> SealingEventStore:
         """The sealing event store."""
         return SealingEventStore(
-            self.mapper, self.recorder, self._sealer, self._verifier
+            self.mapper,
+            self.recorder,
+            self._sealer,
+            self._verifier,
+            stamper=self._stamper,
+            stamped_topics=self.stamped_topics,
         )
 
     def save_deciding(self, aggregate_id: UUID, decide: Callable[[], A]) -> A:

@@ -26,6 +26,7 @@ from uuid import NAMESPACE_URL, UUID, uuid4, uuid5
 
 from eventsourcing.application import AggregateNotFoundError
 from eventsourcing.persistence import IntegrityError
+from eventsourcing.utils import get_topic
 
 from pli.domain.clock import Clock
 from pli.domain.errors import FieldProblem, InvalidInput
@@ -33,13 +34,18 @@ from pli.domain.letter import Letter, deposit_problems
 from pli.domain.values import Assurance, AttachmentRef, LetterKind, Party, Recipient
 from pli.hsm.seal import EventSealer, SealVerifier
 from pli.infrastructure.content import ContentStore
-from pli.infrastructure.event_store import ConcurrentChange, SealedApplication
+from pli.infrastructure.event_store import (
+    ConcurrentChange,
+    EventStamper,
+    SealedApplication,
+)
 
 __all__ = [
     "Authorisation",
     "ConcurrentChange",
     "DepositRequest",
     "IdempotencyConflict",
+    "LEGALLY_TIMED_EVENTS",
     "LetterApplication",
     "LetterNotFound",
     "NewAttachment",
@@ -167,10 +173,23 @@ def check_deposit(idempotency_key: str, request: DepositRequest) -> list[FieldPr
     )
 
 
+#: The events whose time the law relies on (CPCE R.53-1 to R.53-3): each is
+#: time-stamped by the TSA as it is sealed.
+LEGALLY_TIMED_EVENTS = (
+    Letter.Deposited,
+    Letter.Notified,
+    Letter.IdentityVerified,
+    Letter.Accepted,
+    Letter.Refused,
+    Letter.Expired,
+)
+
+
 class LetterApplication(SealedApplication):
     """Deposit, notify, identify, accept, refuse, expire and hand over letters."""
 
     name = "Letters"
+    stamped_topics = frozenset(get_topic(event) for event in LEGALLY_TIMED_EVENTS)
 
     def __init__(
         self,
@@ -179,8 +198,9 @@ class LetterApplication(SealedApplication):
         verifier: SealVerifier,
         clock: Clock,
         content: ContentStore,
+        stamper: EventStamper | None = None,
     ) -> None:
-        super().__init__(env, sealer, verifier)
+        super().__init__(env, sealer, verifier, stamper)
         self.clock = clock
         self.content = content
 

@@ -59,6 +59,7 @@ class TsaSettings:
     listen_host: str = "127.0.0.1"
     listen_port: int = 8318
     timeout: float = 10.0
+    batching: bool = True
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> TsaSettings:
@@ -100,6 +101,7 @@ class TsaSettings:
             listen_host=host,
             listen_port=port,
             timeout=seconds,
+            batching=_batching(environ),
         )
         settings.qualified_roots()
         return settings
@@ -230,6 +232,14 @@ class Settings:
             "POSTGRES_CONNECT_TIMEOUT": "5",
         }
         return env
+
+
+def _batching(environ: Mapping[str, str]) -> bool:
+    """``PLI_TSA_BATCHING``: 1 (default) shares a request among events."""
+    value = environ.get("PLI_TSA_BATCHING", "1").strip()
+    if value not in ("0", "1"):
+        raise SettingsError(f"PLI_TSA_BATCHING={value!r} must be 0 or 1")
+    return value == "1"
 
 
 def _optional_path(name: str) -> Path | None:

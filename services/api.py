@@ -41,7 +41,7 @@ from pli.infrastructure.accounts import (
     SenderAccountNotFound,
 )
 from pli.infrastructure.content import ContentMissing
-from pli.infrastructure.event_store import BrokenHistory
+from pli.infrastructure.event_store import BrokenHistory, StampingUnavailable
 from pli.infrastructure.letters import (
     Authorisation,
     ConcurrentChange,
@@ -225,6 +225,14 @@ def _fail(context: grpc.ServicerContext, exc: Exception) -> None:
             "the sealing token or the event store is unavailable; nothing was stored",
             [error_info("SEALING_UNAVAILABLE")],
         )
+    if isinstance(exc, StampingUnavailable):
+        logger.error("time-stamp authority unavailable")
+        abort(
+            context,
+            grpc.StatusCode.UNAVAILABLE,
+            "the time-stamp authority is unavailable; nothing was stored",
+            [error_info("TIME_STAMP_UNAVAILABLE")],
+        )
     if isinstance(exc, BrokenHistory | ContentMissing | SecretUnreadable):
         logger.error("stored history fails verification error=%s", exc)
         abort(
@@ -264,6 +272,7 @@ _MAPPED_ERRORS = (
     ConcurrentChange,
     TokenUnavailable,
     OperationalError,
+    StampingUnavailable,
     BrokenHistory,
     ContentMissing,
 )

@@ -41,8 +41,9 @@ provider and its seal certificate, and, in a pli extension, the letter's
 kind, the attachments' SHA-256 digests and the digest of the sealed event
 it attests, which ties it to the event log.
 
-Times come from a ``time_of(event)`` hook: the event's recorded time (the
-server clock, non-qualified) until RFC 3161 time stamps supply their own.
+Times come from a ``time_of(event)`` hook: for a legally timed event, the
+time of its checked RFC 3161 stamp (``pli.services.stamped_times``); for
+others, the time pli's clock recorded, which is never qualified.
 The policy is ``urn:pli:rem:policy:qualified`` only for an LRE whose times
 are qualified, whose recipient identification is qualified, and whose seal
 certificate does not chain to the development root; a qualified claim with

@@ -19,6 +19,8 @@ from pli.infrastructure.mail_queue import MailQueue
 from pli.infrastructure.oidc import IdTokenVerifier, load_trusted_issuers
 from pli.infrastructure.settings import Settings
 from pli.infrastructure.smtp import MailTransport, OutboxTransport, SmtpTransport
+from pli.infrastructure.stamping import TreeStamper
+from pli.infrastructure.timestamps import time_stamp_source
 from pli.infrastructure.views import LetterViewStore
 from pli.services.deposits import DepositAuthoriser
 from pli.services.evidence_issuer import EvidenceIssuer
@@ -35,6 +37,7 @@ from pli.services.processes import (
 )
 from pli.services.proof_builder import ProofBuilder
 from pli.services.proofs import ProofWriter
+from pli.services.stamped_times import StampedTimes
 
 __all__ = ["Runtime"]
 
@@ -66,12 +69,14 @@ class Runtime:
         """Connect to the event store and the token (lazily) and wire it all."""
         clock = clock or SystemClock()
         token = Token(settings.token)
+        stamps = time_stamp_source(settings, token, clock)
         letters = LetterApplication(
             settings.eventsourcing_env(),
             sealer=EventSealer(token),
             verifier=SealVerifier.from_dir(settings.token.certs_dir),
             clock=clock,
             content=ContentStore(settings.content_dir),
+            stamper=TreeStamper(stamps, batching=settings.tsa.batching),
         )
         accounts = SenderAccounts(letters, SecretBox(token), clock)
         consents = Consents(letters, clock)
@@ -83,8 +88,15 @@ class Runtime:
         )
         projector = Projector(letters, views)
         notifier = Notifier(letters, views, _delivery(settings, letters, clock))
+        stamped_times = StampedTimes(
+            letters,
+            settings.tsa.trust_roots(settings.token.certs_dir),
+            settings.tsa.qualified_roots(),
+        )
         issuer = EvidenceIssuer(
-            settings.provider_name, XmlSealer(token, settings.token.certs_dir)
+            settings.provider_name,
+            XmlSealer(token, settings.token.certs_dir),
+            time_of=stamped_times.of_event,
         )
         evidence = EvidenceStore(letters, issuer, settings.proofs_dir)
         evidence_follower = EvidenceFollower(letters, views, evidence)

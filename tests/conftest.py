@@ -58,6 +58,8 @@ def token_config(tmp_path_factory: pytest.TempPathFactory) -> TokenConfig:
         token_label="pli",
         pin_file=home / "hsm" / "pin",
     )
+    # The built-in TSA stamps at the tests' fixed clock, months in the past.
+    os.environ["PLI_DEV_CERTS_VALID_FROM"] = (T0 - dt.timedelta(days=30)).isoformat()
     initialise_token(config)
     return config
 
