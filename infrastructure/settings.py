@@ -45,6 +45,7 @@ class Settings:
     desk_accept_url_template: str = DEFAULT_ACCEPT_URL
     desk_refuse_url_template: str = DEFAULT_REFUSE_URL
     smtp: SmtpSettings | None = None
+    qualified_roots: Path | None = None
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -71,6 +72,7 @@ class Settings:
             desk_accept_url_template=_desk_template("ACCEPT", DEFAULT_ACCEPT_URL),
             desk_refuse_url_template=_desk_template("REFUSE", DEFAULT_REFUSE_URL),
             smtp=_smtp_settings(),
+            qualified_roots=_optional_path("PLI_QUALIFIED_ROOTS"),
         )
 
     @property

@@ -4,8 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from cryptography import x509
+
 from pli.domain.clock import Clock
+from pli.domain.key_ceremony import KeyRole
+from pli.hsm.ceremony import development_root
 from pli.hsm.pades import PdfSealer
+from pli.hsm.qualification import RoleQualification, load_qualified_roots
 from pli.hsm.seal import EventSealer, SealVerifier
 from pli.hsm.secrets import SecretBox
 from pli.hsm.token import Token
@@ -42,6 +47,7 @@ class Runtime:
 
     settings: Settings
     clock: Clock
+    qualified_roots: list[x509.Certificate]
     token: Token
     pdf_sealer: PdfSealer
     letters: LetterApplication
@@ -60,6 +66,9 @@ class Runtime:
     def open(cls, settings: Settings, clock: Clock | None = None) -> Runtime:
         """Connect to the event store and the token (lazily) and wire it all."""
         clock = clock or SystemClock()
+        qualified_roots = load_qualified_roots(
+            settings.qualified_roots, development_root(settings.token.certs_dir)
+        )
         token = Token(settings.token)
         letters = LetterApplication(
             settings.eventsourcing_env(),
@@ -80,7 +89,12 @@ class Runtime:
         notifier = Notifier(letters, views, _delivery(settings, letters, clock))
         pdf_sealer = PdfSealer(settings.token)
         proof_builder = ProofBuilder(
-            letters, views, ProofWriter(pdf_sealer, settings.proofs_dir)
+            letters,
+            views,
+            ProofWriter(pdf_sealer, settings.proofs_dir),
+            seal_qualified=RoleQualification(
+                settings.token.certs_dir, KeyRole.SEAL, qualified_roots
+            ),
         )
         expirer = Expirer(letters, views, clock)
         steps = [
@@ -100,6 +114,7 @@ class Runtime:
         return cls(
             settings=settings,
             clock=clock,
+            qualified_roots=qualified_roots,
             token=token,
             pdf_sealer=pdf_sealer,
             letters=letters,
