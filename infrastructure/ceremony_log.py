@@ -38,6 +38,7 @@ logger = logging.getLogger(__name__)
 
 
 def pem_chain(chain: list[x509.Certificate]) -> str:
+    """The chain as one PEM text, in its order."""
     return "".join(c.public_bytes(Encoding.PEM).decode() for c in chain)
 
 
@@ -129,18 +130,19 @@ class CeremonyLog:
         own_key: tuple[KeyRole, str, str] | None = None,
     ) -> KeyRegistry:
         """Save the ceremony, sealed by the active seal key or by ``own_key``."""
+        before = None
         if own_key is not None:
             # Like the very first ceremony, the new seal key seals its own record.
             role, label, key_id = own_key
-            entries = self._active_entries(self._required_registry())
-            entries[role] = (label, key_id)
-            write_active_keys(self.certs_dir, entries)
+            before = self._active_entries(self._required_registry())
+            write_active_keys(self.certs_dir, {**before, role: (label, key_id)})
         try:
             registry = self.app.save_deciding(KEY_REGISTRY_ID, decide)
-        finally:
-            latest = self.registry()
-            if latest is not None:
-                self._project(latest)
+        except BaseException:
+            if before is not None:
+                write_active_keys(self.certs_dir, before)
+            raise
+        self._project(registry)
         return registry
 
     @staticmethod
@@ -174,6 +176,7 @@ class CeremonyLog:
 
 
 def check_operator(operator: str) -> None:
+    """Refuse a ceremony whose operator is not named properly."""
     problems = operator_problems(operator)
     if problems:
         raise InvalidInput(problems)
