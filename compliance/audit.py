@@ -2,7 +2,8 @@
 
 The audit reads the stored events in commit order, checks each seal with
 the seal certificates alone (no token, no PIN), checks each chain link and
-version sequence per aggregate (letters, sender accounts, consents),
+version sequence per aggregate (letters, sender accounts, consents, the
+key ceremony log),
 rebuilds every letter view from the events and
 compares it with the stored view, and checks that every attachment's stored
 bytes still match the digest the deposit bound. Each fault names the letter

@@ -5,8 +5,10 @@ R.53-2, eIDAS art. 44(1)(d)) in a form that independent tools validate, so
 pli seals them as PAdES baseline signatures with pyHanko. The signature is
 computed by the PKCS#11 token through pyHanko's ``PKCS11Signer``; the seal key
 never leaves the token. The signer's certificate is read from the token (the
-object labelled like the key) and the root certificate from the PEM copy kept
-next to it, so a validator finds the whole chain inside the document.
+object labelled like the key) and the rest of its chain from the PEM copies
+kept next to it (the key's installed chain, or the development root), so a
+validator finds the whole chain inside the document. The key is the active
+seal key (``pli.hsm.keys``): after a rotation the next seal uses the new key.
 
 SoftHSM2 2.6 offers plain ``CKM_ECDSA`` but not ``CKM_ECDSA_SHA256``, so the
 signer runs in pyHanko's raw mode: pyHanko hashes, the token signs the digest.
@@ -20,18 +22,21 @@ from __future__ import annotations
 
 import logging
 from io import BytesIO
+from pathlib import Path
 from typing import Any
 
 import pkcs11
 from asn1crypto import x509
 from pyhanko.config.pkcs11 import TokenCriteria
-from pyhanko.keys import load_cert_from_pemder
+from pyhanko.keys import load_cert_from_pemder, load_certs_from_pemder
 from pyhanko.pdf_utils.incremental_writer import IncrementalPdfFileWriter
 from pyhanko.sign import fields, signers
 from pyhanko.sign.pkcs11 import PKCS11Signer, open_pkcs11_session
 
+from pli.domain.key_ceremony import KeyRole
+from pli.hsm.keys import ActiveKeyWatcher
 from pli.hsm.provision import ROOT_CERT_FILE
-from pli.hsm.token import PKCS11_LOCK, SEAL_KEY_LABEL, TokenConfig, TokenUnavailable
+from pli.hsm.token import PKCS11_LOCK, TokenConfig, TokenUnavailable
 
 __all__ = ["SEAL_FIELD_NAME", "PdfSealer"]
 
@@ -50,9 +55,12 @@ class PdfSealer:
     that login instead of logging in again.
     """
 
-    def __init__(self, config: TokenConfig, *, key_label: str = SEAL_KEY_LABEL) -> None:
+    def __init__(self, config: TokenConfig, *, key_label: str | None = None) -> None:
         self.config = config
-        self.key_label = key_label
+        self._fixed_label = key_label
+        self._watcher = ActiveKeyWatcher(config.certs_dir, KeyRole.SEAL)
+        self.key_label = key_label or ""
+        self._generation = -1
         self._lock = PKCS11_LOCK
         self._session: Any = None
         self._signer: PKCS11Signer | None = None
@@ -93,18 +101,22 @@ class PdfSealer:
             self._drop()
 
     def _signer_or_open(self) -> PKCS11Signer:
-        if self._signer is not None:
+        label, chain_source = self._target()
+        if self._signer is not None and self._generation == self._watcher.generation:
             return self._signer
 
-        root = self._root_certificate()
+        self._drop()
+        ca_chain = self._ca_chain(chain_source)
         self.config.activate()
         session = self._open_session()
         self._session = session
+        self.key_label = label
+        self._generation = self._watcher.generation
         self._signer = PKCS11Signer(
             session,
             cert_label=self.key_label,
             key_label=self.key_label,
-            ca_chain=[root],
+            ca_chain=ca_chain,
             embed_roots=True,
             use_raw_mechanism=True,
         )
@@ -136,12 +148,24 @@ class PdfSealer:
             )
             return open_pkcs11_session(self.config.module, token_criteria=criteria)
 
-    def _root_certificate(self) -> x509.Certificate:
-        path = self.config.certs_dir / ROOT_CERT_FILE
+    def _target(self) -> tuple[str, Path | None]:
+        if self._fixed_label is not None:
+            return self._fixed_label, None
+        active = self._watcher.current()
+        return active.label, active.chain
+
+    def _ca_chain(self, chain_source: Path | None) -> list[x509.Certificate]:
+        if chain_source is None:
+            path = self.config.certs_dir / ROOT_CERT_FILE
+            try:
+                return [load_cert_from_pemder(str(path))]
+            except (OSError, ValueError) as exc:
+                raise TokenUnavailable(f"root certificate unreadable ({path})") from exc
         try:
-            return load_cert_from_pemder(str(path))
+            chain = list(load_certs_from_pemder([str(chain_source)]))
         except (OSError, ValueError) as exc:
-            raise TokenUnavailable(f"root certificate unreadable ({path})") from exc
+            raise TokenUnavailable(f"chain unreadable ({chain_source})") from exc
+        return chain[1:]
 
     def _drop(self) -> None:
         session, self._session, self._signer = self._session, None, None

@@ -20,6 +20,7 @@ import datetime as dt
 import logging
 import secrets
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from asn1crypto import cms, tsp
 from asn1crypto import x509 as asn1_x509
@@ -27,8 +28,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from pli.domain.clock import Clock
+from pli.domain.key_ceremony import KeyRole
 from pli.hsm.cms import sign_content
-from pli.hsm.provision import ROOT_CERT_FILE, TSA_CERT_FILE
+from pli.hsm.keys import ActiveKeyWatcher, installed_chain
 from pli.hsm.timestamp import NON_QUALIFIED_POLICY, TimeStampResponse
 from pli.hsm.token import TSA_KEY_LABEL, Token, TokenUnavailable
 
@@ -50,6 +52,27 @@ class _Rejected(Exception):
         self.text = text
 
 
+@dataclass(frozen=True)
+class _SigningKey:
+    """The token key a stamp is signed with, and its certificates."""
+
+    label: str
+    certificate: x509.Certificate
+    chain: list[x509.Certificate]
+    subject: asn1_x509.Name
+
+    @classmethod
+    def of(
+        cls,
+        label: str,
+        certificate: x509.Certificate,
+        chain: Sequence[x509.Certificate],
+    ) -> _SigningKey:
+        der = certificate.public_bytes(serialization.Encoding.DER)
+        subject = asn1_x509.Certificate.load(der).subject
+        return cls(label, certificate, list(chain), subject)
+
+
 class TimeStampAuthority:
     """Answers DER ``TimeStampReq`` with ``TimeStampResp``, signed by the token."""
 
@@ -62,36 +85,50 @@ class TimeStampAuthority:
         policy: str,
         clock: Clock,
         key_label: str = TSA_KEY_LABEL,
+        keys: ActiveKeyWatcher | None = None,
     ) -> None:
         self.token = token
-        self.certificate = certificate
-        self.chain = list(chain)
         self.policy = policy
         self.clock = clock
-        self.key_label = key_label
-        self._subject = asn1_x509.Certificate.load(
-            certificate.public_bytes(serialization.Encoding.DER)
-        ).subject
+        self._keys = keys
+        self._key = _SigningKey.of(key_label, certificate, chain)
+
+    @property
+    def certificate(self) -> x509.Certificate:
+        """The certificate of the key that signs now."""
+        return self._signing_key().certificate
+
+    @property
+    def chain(self) -> list[x509.Certificate]:
+        """The certificates above it, up to the root."""
+        return self._signing_key().chain
+
+    def _signing_key(self) -> _SigningKey:
+        """The fixed key, or the TSA role's active key after a rotation."""
+        if self._keys is None:
+            return self._key
+        active = self._keys.current()
+        if active.label != self._key.label:
+            chain = installed_chain(self._keys.certs_dir, active.label)
+            self._key = _SigningKey.of(active.label, chain[0], chain[1:])
+        return self._key
 
     @classmethod
     def from_token(
         cls, token: Token, clock: Clock, *, policy: str = NON_QUALIFIED_POLICY
     ) -> TimeStampAuthority:
-        """The authority ``pli hsm init`` set up: ``tsa.pem`` under the root."""
-        certs_dir = token.config.certs_dir
-        try:
-            certificate = x509.load_pem_x509_certificate(
-                (certs_dir / TSA_CERT_FILE).read_bytes()
-            )
-            root = x509.load_pem_x509_certificate(
-                (certs_dir / ROOT_CERT_FILE).read_bytes()
-            )
-        except (OSError, ValueError) as exc:
-            raise TokenUnavailable(
-                f"no TSA certificate in {certs_dir}; run `pli hsm init`"
-            ) from exc
+        """The authority of the token's active TSA key, following rotations."""
+        keys = ActiveKeyWatcher(token.config.certs_dir, KeyRole.TSA)
+        active = keys.current()
+        chain = installed_chain(token.config.certs_dir, active.label)
         return cls(
-            token, certificate=certificate, chain=[root], policy=policy, clock=clock
+            token,
+            certificate=chain[0],
+            chain=chain[1:],
+            policy=policy,
+            clock=clock,
+            key_label=active.label,
+            keys=keys,
         )
 
     def respond(self, request: bytes) -> bytes:
@@ -137,7 +174,7 @@ class TimeStampAuthority:
         if now.tzinfo is None:
             raise _Rejected("system_failure", "clock gives no time zone")
         gen_time = now.astimezone(dt.UTC).replace(microsecond=0)
-        certificate = self.certificate
+        certificate = self._signing_key().certificate
         if (
             not certificate.not_valid_before_utc
             <= gen_time
@@ -150,6 +187,7 @@ class TimeStampAuthority:
     def _sign(
         self, request: tsp.TimeStampReq, gen_time: dt.datetime
     ) -> cms.ContentInfo:
+        key = self._signing_key()
         serial = secrets.randbelow(2**128 - 1) + 1
         info = {
             "version": "v1",
@@ -158,24 +196,24 @@ class TimeStampAuthority:
             "serial_number": serial,
             "gen_time": gen_time,
             "accuracy": _ACCURACY,
-            "tsa": asn1_x509.GeneralName(name="directory_name", value=self._subject),
+            "tsa": asn1_x509.GeneralName(name="directory_name", value=key.subject),
         }
         if request["nonce"].native is not None:
             info["nonce"] = request["nonce"].native
         certificates = (
-            [self.certificate, *self.chain] if request["cert_req"].native else []
+            [key.certificate, *key.chain] if request["cert_req"].native else []
         )
         try:
             token = sign_content(
                 self.token,
-                self.key_label,
+                key.label,
                 content_type="tst_info",
                 content=tsp.TSTInfo(info).dump(),
-                certificate=self.certificate,
+                certificate=key.certificate,
                 certificates=certificates,
             )
         except TokenUnavailable as exc:
-            logger.error("time stamp not signed key=%s error=%s", self.key_label, exc)
+            logger.error("time stamp not signed key=%s error=%s", key.label, exc)
             raise _Rejected("system_failure", "signing key unavailable") from exc
         logger.info("time stamp issued serial=%x policy=%s", serial, self.policy)
         return cms.ContentInfo.load(token)

@@ -152,6 +152,7 @@ class Settings:
     desk_refuse_url_template: str = DEFAULT_REFUSE_URL
     smtp: SmtpSettings | None = None
     tsa: TsaSettings = field(default_factory=TsaSettings)
+    qualified_roots: Path | None = None
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -179,6 +180,7 @@ class Settings:
             desk_refuse_url_template=_desk_template("REFUSE", DEFAULT_REFUSE_URL),
             smtp=_smtp_settings(),
             tsa=TsaSettings.from_env(),
+            qualified_roots=_optional_path("PLI_QUALIFIED_ROOTS"),
         )
 
     @property

@@ -12,23 +12,15 @@ from collections.abc import Sequence
 
 from pli.compliance.audit import audit
 from pli.domain.clock import FixedClock
-from pli.hsm.provision import ROOT_CRL_FILE, initialise_token
+from pli.hsm.provision import ROOT_CRL_FILE
+from pli.hsm.qualification import QualificationError
 from pli.hsm.token import TokenUnavailable
 from pli.infrastructure.settings import Settings, SettingsError
+from pli.services.hsm_cli import add_hsm_commands
 
 __all__ = ["main"]
 
 logger = logging.getLogger("pli")
-
-
-def _hsm_init(settings: Settings, _: argparse.Namespace) -> int:
-    created = initialise_token(settings.token)
-    for line in created:
-        print(f"created {line}")
-    if not created:
-        print(f"token {settings.token.token_label} already set up; nothing to do")
-    print(f"certificates: {settings.token.certs_dir}")
-    return 0
 
 
 def _serve(settings: Settings, _: argparse.Namespace) -> int:
@@ -169,11 +161,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="pli", description="Core of a qualified registered delivery service."
     )
     commands = parser.add_subparsers(dest="command", required=True)
-    hsm = commands.add_parser("hsm", help="the PKCS#11 token")
-    hsm_commands = hsm.add_subparsers(dest="hsm_command", required=True)
-    hsm_commands.add_parser(
-        "init", help="create the token, keys and development certificates"
-    ).set_defaults(run=_hsm_init)
+    add_hsm_commands(commands)
     commands.add_parser("serve", help="serve pli.v1 over gRPC").set_defaults(run=_serve)
     tsa = commands.add_parser("tsa", help="the built-in time-stamping authority")
     tsa_commands = tsa.add_subparsers(dest="tsa_command", required=True)
@@ -229,7 +217,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = Settings.from_env()
         return int(args.run(settings, args))
-    except (SettingsError, TokenUnavailable) as exc:
+    except (SettingsError, TokenUnavailable, QualificationError) as exc:
         print(f"pli: {exc}", file=sys.stderr)
         return 2
 

@@ -73,11 +73,8 @@ class ConsentFacts:
     history: list[ConsentStep]
     events: list[tuple[int, str, str]]
     time_source: str
-
-    @property
-    def qualified(self) -> bool:
-        """Whether the time source (and so the whole proof) claims qualification."""
-        return "non-qualified" not in self.time_source.lower()
+    # Whether the seal and the time are both qualified (pli.hsm.qualification).
+    qualified: bool = False
 
 
 def consent_facts(

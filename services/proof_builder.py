@@ -12,6 +12,7 @@ resuming after a crash is harmless.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from eventsourcing.persistence import Notification
@@ -39,8 +40,18 @@ _PROOF_FOR = {
 NON_QUALIFIED_TIME = "pli server clock (non-qualified)"
 
 
-def proof_facts(letters: LetterApplication, letter: Letter) -> ProofFacts:
-    """The facts a proof of ``letter`` states, with its sealed events' digests."""
+def proof_facts(
+    letters: LetterApplication,
+    letter: Letter,
+    *,
+    seal_qualified: bool = False,
+    time_qualified: bool = False,
+) -> ProofFacts:
+    """The facts a proof of ``letter`` states, with its sealed events' digests.
+
+    eIDAS art. 44(1)(d) and (f): the proof is qualified only when both its
+    seal and its times are; the server clock is never qualified time.
+    """
     stored = letters.recorder.select_events(originator_id=letter.id)
     events = [
         (
@@ -68,6 +79,7 @@ def proof_facts(letters: LetterApplication, letter: Letter) -> ProofFacts:
         expired_at=expired,
         events=events,
         time_source=NON_QUALIFIED_TIME,
+        qualified=seal_qualified and time_qualified,
     )
 
 
@@ -83,10 +95,12 @@ class ProofBuilder(Follower):
         views: LetterViewStore,
         writer: ProofWriter,
         evidence: EvidenceStore,
+        seal_qualified: Callable[[], bool] = lambda: False,
     ) -> None:
         super().__init__(letters, views)
         self.writer = writer
         self.evidence = evidence
+        self.seal_qualified = seal_qualified
 
     def handle(self, notification: Notification) -> list[dict[str, Any]]:
         """Render and seal the proof this event warrants."""
@@ -94,9 +108,8 @@ class ProofBuilder(Follower):
         letter = self.letters.repository.get(
             notification.originator_id, version=notification.originator_version
         )
-        self.writer.write(
-            kind, proof_facts(self.letters, letter), self._evidence_of(kind, letter)
-        )
+        facts = proof_facts(self.letters, letter, seal_qualified=self.seal_qualified())
+        self.writer.write(kind, facts, self._evidence_of(kind, letter))
         logger.info("proof sealed letter=%s proof=%s", letter.id, kind.value)
         return []
 

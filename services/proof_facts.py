@@ -66,6 +66,8 @@ class ProofFacts:
     expired_at: datetime | None
     events: list[tuple[int, str, str]]
     time_source: str
+    # Whether the seal and the time are both qualified (pli.hsm.qualification).
+    qualified: bool = False
 
     def __post_init__(self) -> None:
         if not _SAFE_LETTER_ID.fullmatch(self.letter_id) or ".." in self.letter_id:
@@ -79,11 +81,6 @@ class ProofFacts:
         """Each time field by name, in the order of the letter's life."""
         for name in TIME_FIELDS:
             yield name, getattr(self, name)
-
-    @property
-    def qualified(self) -> bool:
-        """Whether the time source (and so the whole proof) claims qualification."""
-        return "non-qualified" not in self.time_source.lower()
 
 
 def evidence_document(proof_kind: ProofKind | str, facts: ProofFacts) -> dict[str, Any]:
@@ -129,6 +126,7 @@ def facts_from_evidence(document: dict[str, Any]) -> ProofFacts:
             (e["version"], e["event"], e["sealed_digest"]) for e in document["events"]
         ],
         time_source=document["time_source"],
+        qualified=document["qualified"] is True,
         **times,
     )
 

@@ -4,8 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from cryptography import x509
+
 from pli.domain.clock import Clock
+from pli.domain.key_ceremony import KeyRole
+from pli.hsm.ceremony import development_root
 from pli.hsm.pades import PdfSealer
+from pli.hsm.qualification import RoleQualification, load_qualified_roots
 from pli.hsm.seal import EventSealer, SealVerifier
 from pli.hsm.secrets import SecretBox
 from pli.hsm.token import Token
@@ -48,6 +53,7 @@ class Runtime:
 
     settings: Settings
     clock: Clock
+    qualified_roots: list[x509.Certificate]
     token: Token
     pdf_sealer: PdfSealer
     letters: LetterApplication
@@ -68,6 +74,9 @@ class Runtime:
     def open(cls, settings: Settings, clock: Clock | None = None) -> Runtime:
         """Connect to the event store and the token (lazily) and wire it all."""
         clock = clock or SystemClock()
+        qualified_roots = load_qualified_roots(
+            settings.qualified_roots, development_root(settings.token.certs_dir)
+        )
         token = Token(settings.token)
         stamps = time_stamp_source(settings, token, clock)
         letters = LetterApplication(
@@ -102,7 +111,13 @@ class Runtime:
         evidence_follower = EvidenceFollower(letters, views, evidence)
         pdf_sealer = PdfSealer(settings.token)
         proof_builder = ProofBuilder(
-            letters, views, ProofWriter(pdf_sealer, settings.proofs_dir), evidence
+            letters,
+            views,
+            ProofWriter(pdf_sealer, settings.proofs_dir),
+            evidence,
+            seal_qualified=RoleQualification(
+                settings.token.certs_dir, KeyRole.SEAL, qualified_roots
+            ),
         )
         expirer = Expirer(letters, views, clock)
         steps = [
@@ -123,6 +138,7 @@ class Runtime:
         return cls(
             settings=settings,
             clock=clock,
+            qualified_roots=qualified_roots,
             token=token,
             pdf_sealer=pdf_sealer,
             letters=letters,

@@ -31,6 +31,7 @@ from pli.services.proofs import (
     ProofFacts,
     ProofKind,
     ProofWriter,
+    evidence_document,
     facts_from_evidence,
     render_proof,
 )
@@ -215,13 +216,25 @@ def test_proof_states_the_legal_items_and_its_own_time_in_both_languages(
     assert page_count(proofs[kind]) in (1, 2)
 
 
-def test_qualified_time_source_drops_the_non_qualified_label(tmp_path: Path) -> None:
-    facts = replace(DEPOSITED, time_source="Example qualified TSA (RFC 3161)")
+def test_a_qualified_proof_drops_the_non_qualified_label(tmp_path: Path) -> None:
+    facts = replace(DEPOSITED, qualified=True)
     path = tmp_path / "deposit.pdf"
 
     path.write_bytes(render_proof(ProofKind.DEPOSIT, facts))
 
     assert NON_QUALIFIED_LABEL not in run("pdftotext", str(path), "-")
+
+
+def test_a_time_source_that_calls_itself_qualified_does_not_qualify_a_proof(
+    tmp_path: Path,
+) -> None:
+    facts = replace(DEPOSITED, time_source="Example qualified TSA (RFC 3161)")
+    path = tmp_path / "deposit.pdf"
+
+    path.write_bytes(render_proof(ProofKind.DEPOSIT, facts))
+
+    assert NON_QUALIFIED_LABEL in run("pdftotext", str(path), "-")
+    assert evidence_document(ProofKind.DEPOSIT, facts)["qualified"] is False
 
 
 def test_ere_proof_says_it_is_not_equivalent_to_a_paper_registered_letter(
