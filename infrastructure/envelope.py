@@ -7,6 +7,11 @@ seal. The seal covers a domain-separated message binding the letter id, the
 version, the event topic, the SHA-256 of the payload bytes and that previous
 digest, so changing, removing, reordering or inserting an event breaks
 either a seal or a chain link (DESIGN §3).
+
+An event's digest, which the next event chains to, covers the header line
+and the payload's SHA-256 rather than the payload itself, so a compliance
+bundle can carry events without their payloads (personal data) and an
+auditor still checks every seal and every chain link.
 """
 
 from __future__ import annotations
@@ -21,7 +26,10 @@ __all__ = [
     "Envelope",
     "MalformedEnvelope",
     "event_digest",
+    "event_digest_from_parts",
     "seal_message",
+    "seal_message_from_parts",
+    "split_state",
 ]
 
 GENESIS = "0" * 64
@@ -72,15 +80,34 @@ class Envelope:
             raise MalformedEnvelope(str(exc)) from exc
 
 
+def split_state(state: bytes) -> tuple[bytes, bytes]:
+    """A stored state's header line (without its newline) and its payload."""
+    line, _, payload = bytes(state).partition(b"\n")
+    return line, payload
+
+
 def seal_message(
     originator_id: str, version: int, topic: str, payload: bytes, previous: str
 ) -> bytes:
     """The bytes a seal signs for one event."""
+    return seal_message_from_parts(
+        originator_id, version, topic, hashlib.sha256(payload).digest(), previous
+    )
+
+
+def seal_message_from_parts(
+    originator_id: str,
+    version: int,
+    topic: str,
+    payload_sha256: bytes,
+    previous: str,
+) -> bytes:
+    """The bytes a seal signs, from the payload's SHA-256 instead of its bytes."""
     fields = {
         "letter": originator_id,
         "version": version,
         "topic": topic,
-        "payload_sha256": hashlib.sha256(payload).hexdigest(),
+        "payload_sha256": payload_sha256.hex(),
         "prev": previous,
     }
     return _SEAL_CONTEXT + json.dumps(fields, sort_keys=True).encode()
@@ -88,5 +115,20 @@ def seal_message(
 
 def event_digest(originator_id: str, version: int, topic: str, state: bytes) -> str:
     """The digest that the next event of the same letter chains to."""
+    header_line, payload = split_state(state)
+    return event_digest_from_parts(
+        originator_id, version, topic, header_line, hashlib.sha256(payload).digest()
+    )
+
+
+def event_digest_from_parts(
+    originator_id: str,
+    version: int,
+    topic: str,
+    header_line: bytes,
+    payload_sha256: bytes,
+) -> str:
+    """An event's digest from its header line and its payload's SHA-256."""
     head = f"{originator_id}\n{version}\n{topic}\n".encode()
-    return hashlib.sha256(b"pli/event/v1\n" + head + state).hexdigest()
+    material = head + header_line + b"\n" + payload_sha256
+    return hashlib.sha256(b"pli/event/v2\n" + material).hexdigest()
