@@ -301,10 +301,6 @@ class Period:
             raise PeriodError(problems)
         return cls.of(bounds[0], bounds[1], names)
 
-    def contains(self, moment: dt.datetime) -> bool:
-        """Whether ``moment`` falls inside the period."""
-        return self.start <= moment < self.end
-
     def to_json(self) -> dict[str, str]:
         """The period as the manifest states it."""
         return {"from": iso_utc(self.start), "to": iso_utc(self.end)}

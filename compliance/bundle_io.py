@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Protocol
 
-from pli.compliance.bundle_format import EventRecord, Period
+from pli.compliance.bundle_format import EventRecord
 
 __all__ = [
     "BundleReader",
@@ -198,7 +198,6 @@ class BundleReader:
         self.path = path
         self.names = [info.filename for info in self.archive.infolist()]
         self.manifest: dict[str, Any] = {}
-        self.period: Period | None = None
         self.created_at: dt.datetime | None = None
 
     def close(self) -> None:

@@ -16,7 +16,7 @@ import datetime as dt
 import json
 import math
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 from uuid import UUID
 
@@ -85,10 +85,6 @@ class PeriodStatistics:
             self._notified.pop(letter, None)
         elif record.topic == _NOTIFIED and facts is not None:
             self._notified[letter] = aware(facts["timestamp"])
-
-    def deposited_letters(self) -> Iterator[str]:
-        """The ids of the letters deposited in the period."""
-        return iter(self._letters)
 
     def result(self) -> dict[str, Any]:
         """The statistics as the bundle's ``statistics.json`` holds them."""

@@ -124,9 +124,7 @@ def _read_manifest(bundle: BundleReader, findings: Findings) -> bytes | None:
     bundle.manifest = manifest
     try:
         period = manifest["period"]
-        bundle.period = Period.of(
-            parse_iso_utc(period["from"]), parse_iso_utc(period["to"])
-        )
+        Period.of(parse_iso_utc(period["from"]), parse_iso_utc(period["to"]))
         bundle.created_at = parse_iso_utc(manifest["created_at"])
     except (KeyError, TypeError, ValueError, PeriodError) as exc:
         findings.fault(FRAME, MANIFEST, f"period or creation time unreadable ({exc})")
