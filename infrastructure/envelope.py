@@ -36,6 +36,8 @@ __all__ = [
     "event_digest_from_parts",
     "seal_message",
     "stamp_leaf_input",
+    "seal_message_from_parts",
+    "split_state",
 ]
 
 GENESIS = "0" * 64
@@ -134,15 +136,34 @@ class Envelope:
             raise MalformedEnvelope(str(exc)) from exc
 
 
+def split_state(state: bytes) -> tuple[bytes, bytes]:
+    """A stored state's header line (without its newline) and its payload."""
+    line, _, payload = bytes(state).partition(b"\n")
+    return line, payload
+
+
 def seal_message(
     originator_id: str, version: int, topic: str, payload: bytes, previous: str
 ) -> bytes:
     """The bytes a seal signs for one event."""
+    return seal_message_from_parts(
+        originator_id, version, topic, hashlib.sha256(payload).digest(), previous
+    )
+
+
+def seal_message_from_parts(
+    originator_id: str,
+    version: int,
+    topic: str,
+    payload_sha256: bytes,
+    previous: str,
+) -> bytes:
+    """The bytes a seal signs, from the payload's SHA-256 instead of its bytes."""
     fields = {
         "letter": originator_id,
         "version": version,
         "topic": topic,
-        "payload_sha256": hashlib.sha256(payload).hexdigest(),
+        "payload_sha256": payload_sha256.hex(),
         "prev": previous,
     }
     return _SEAL_CONTEXT + json.dumps(fields, sort_keys=True).encode()
@@ -155,9 +176,9 @@ def stamp_leaf_input(message: bytes, signature: bytes) -> bytes:
 
 def event_digest(originator_id: str, version: int, topic: str, state: bytes) -> str:
     """The digest that the next event of the same letter chains to."""
-    line, _, payload = bytes(state).partition(b"\n")
+    header_line, payload = split_state(state)
     return event_digest_from_parts(
-        originator_id, version, topic, line, hashlib.sha256(payload).digest()
+        originator_id, version, topic, header_line, hashlib.sha256(payload).digest()
     )
 
 

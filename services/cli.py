@@ -1,14 +1,17 @@
-"""The ``pli`` command: token set-up, the server, the audit, one-shot processes."""
+"""The ``pli`` command: token set-up, the server, the audit, compliance bundles,
+one-shot processes."""
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
 import logging
 import signal
 import sys
 import threading
 from collections.abc import Sequence
+from pathlib import Path
 
 from pli.compliance.audit import audit
 from pli.domain.clock import FixedClock
@@ -83,6 +86,72 @@ def _audit_verify(settings: Settings, _: argparse.Namespace) -> int:
         f"{report.views_compared} views compared: {verdict}"
     )
     return 0 if report.clean else 1
+
+
+def _compliance_export(settings: Settings, args: argparse.Namespace) -> int:
+    from pli.compliance.bundle import BundleError, export_bundle
+    from pli.compliance.bundle_format import Period, PeriodError
+    from pli.hsm.seal import EventSealer
+    from pli.services.runtime import Runtime
+
+    try:
+        period = Period.parse(args.start, args.end, ("--from", "--to"))
+    except PeriodError as exc:
+        print(f"pli: {exc}", file=sys.stderr)
+        return 2
+    runtime = Runtime.open(settings)
+    try:
+        result = export_bundle(
+            runtime.letters,
+            settings,
+            EventSealer(runtime.token),
+            period,
+            Path(args.out),
+            sample_size=args.proofs,
+        )
+    except BundleError as exc:
+        print(f"pli: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        runtime.close()
+    print(
+        f"bundle {result.path}: {result.events} events, {result.size} bytes, "
+        f"SHA-256 {result.sha256}"
+    )
+    return 0
+
+
+def _compliance_verify(_: Settings | None, args: argparse.Namespace) -> int:
+    from pli.compliance.bundle_trust import load_trust_root
+    from pli.compliance.verify_bundle import UnusableBundle, verify_bundle
+
+    root = None
+    if args.trust:
+        try:
+            root = load_trust_root(Path(args.trust).read_bytes())
+        except (OSError, ValueError) as exc:
+            print(f"pli: --trust {args.trust}: unreadable ({exc})", file=sys.stderr)
+            return 2
+    try:
+        verification = verify_bundle(Path(args.bundle), root)
+    except UnusableBundle as exc:
+        print(f"pli: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(verification.to_json(), indent=2, default=str))
+    else:
+        print(verification.render())
+    return 0 if verification.clean else 1
+
+
+def _sample_size(text: str) -> int:
+    from pli.compliance.bundle import MAX_SAMPLE_SIZE
+
+    if not text.isdigit() or int(text) > MAX_SAMPLE_SIZE:
+        raise argparse.ArgumentTypeError(
+            f"must be a number from 0 to {MAX_SAMPLE_SIZE}"
+        )
+    return int(text)
 
 
 def _expire(settings: Settings, args: argparse.Namespace) -> int:
@@ -175,6 +244,7 @@ def _parser() -> argparse.ArgumentParser:
     audit_commands.add_parser(
         "verify", help="replay and check every event and view"
     ).set_defaults(run=_audit_verify)
+    _compliance_commands(commands)
     expire = commands.add_parser("expire", help="record every overdue non-claim")
     expire.add_argument(
         "--at",
@@ -206,6 +276,40 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _compliance_commands(commands: argparse._SubParsersAction) -> None:
+    compliance = commands.add_parser("compliance", help="compliance bundles")
+    actions = compliance.add_subparsers(dest="compliance_command", required=True)
+    export = actions.add_parser(
+        "export", help="write the sealed bundle of a period [from, to)"
+    )
+    export.add_argument(
+        "--from",
+        dest="start",
+        required=True,
+        help="a date (midnight UTC) or an ISO 8601 instant with its offset",
+    )
+    export.add_argument(
+        "--to", dest="end", required=True, help="end of the period, excluded"
+    )
+    export.add_argument(
+        "--proofs",
+        type=_sample_size,
+        default=10,
+        help="how many sealed proofs to sample (default 10)",
+    )
+    export.add_argument("out", help="the bundle file to create (.zip)")
+    export.set_defaults(run=_compliance_export)
+    verify = actions.add_parser(
+        "verify", help="check a bundle offline: no database, no token, no network"
+    )
+    verify.add_argument("bundle", help="the bundle file")
+    verify.add_argument("--json", action="store_true", help="report as JSON")
+    verify.add_argument(
+        "--trust", help="the root certificate (PEM or DER) the auditor trusts"
+    )
+    verify.set_defaults(run=_compliance_verify, offline=True)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``pli`` command."""
     logging.basicConfig(
@@ -215,7 +319,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     args = _parser().parse_args(argv)
     try:
-        settings = Settings.from_env()
+        # An offline command reads no setting, so any machine can run it.
+        settings = None if getattr(args, "offline", False) else Settings.from_env()
         return int(args.run(settings, args))
     except (SettingsError, TokenUnavailable, QualificationError) as exc:
         print(f"pli: {exc}", file=sys.stderr)

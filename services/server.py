@@ -16,12 +16,14 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from pli.domain.clock import Clock
+from pli.hsm.seal import EventSealer
 from pli.infrastructure.settings import Settings
 from pli.services.accounts_api import ConsentServicer, SenderAccountServicer
 from pli.services.api import MAX_INLINE_CONTENT, LetterServicer, RecipientDeskServicer
+from pli.services.compliance_api import ComplianceServicer
 from pli.services.runtime import Runtime
 from pli.services.wire import generic_handler
-from pli.v1 import accounts_pb2, consents_pb2, letters_pb2
+from pli.v1 import accounts_pb2, compliance_pb2, consents_pb2, letters_pb2
 
 __all__ = ["RunningServer", "start_server"]
 
@@ -31,6 +33,7 @@ _SERVICES = {
     **letters_pb2.DESCRIPTOR.services_by_name,
     **accounts_pb2.DESCRIPTOR.services_by_name,
     **consents_pb2.DESCRIPTOR.services_by_name,
+    **compliance_pb2.DESCRIPTOR.services_by_name,
 }
 
 
@@ -85,6 +88,9 @@ def start_server(
             runtime.consents,
             runtime.pdf_sealer,
             settings.provider_name,
+        ),
+        "ComplianceService": ComplianceServicer(
+            runtime.letters, settings, EventSealer(runtime.token)
         ),
     }
     server.add_generic_rpc_handlers(
