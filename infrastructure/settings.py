@@ -45,6 +45,7 @@ class Settings:
     desk_accept_url_template: str = DEFAULT_ACCEPT_URL
     desk_refuse_url_template: str = DEFAULT_REFUSE_URL
     smtp: SmtpSettings | None = None
+    checkpoint_interval: float = 300.0
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -71,6 +72,7 @@ class Settings:
             desk_accept_url_template=_desk_template("ACCEPT", DEFAULT_ACCEPT_URL),
             desk_refuse_url_template=_desk_template("REFUSE", DEFAULT_REFUSE_URL),
             smtp=_smtp_settings(),
+            checkpoint_interval=_checkpoint_interval(),
         )
 
     @property
@@ -129,6 +131,19 @@ class Settings:
 def _optional_path(name: str) -> Path | None:
     value = os.environ.get(name, "")
     return Path(value).resolve() if value else None
+
+
+def _checkpoint_interval() -> float:
+    value = os.environ.get("PLI_CHECKPOINT_INTERVAL", "300")
+    try:
+        interval = float(value)
+    except ValueError:
+        interval = -1.0
+    if not 0 < interval < float("inf"):
+        raise SettingsError(
+            f"PLI_CHECKPOINT_INTERVAL={value!r} is not a positive number of seconds"
+        )
+    return interval
 
 
 def _retention_days() -> int | None:

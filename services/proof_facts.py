@@ -3,6 +3,8 @@
 A proof's ``evidence.json`` names the ETSI EN 319 522-2 evidence event the
 proof attests and repeats every fact on the page, so an auditor's tool reads
 them without parsing the page, and :func:`facts_from_evidence` reads them back.
+Its ``log`` section anchors the events in the transparency log
+(:mod:`pli.infrastructure.anchors`).
 """
 
 from __future__ import annotations
@@ -66,6 +68,7 @@ class ProofFacts:
     expired_at: datetime | None
     events: list[tuple[int, str, str]]
     time_source: str
+    log: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if not _SAFE_LETTER_ID.fullmatch(self.letter_id) or ".." in self.letter_id:
@@ -107,6 +110,7 @@ def evidence_document(proof_kind: ProofKind | str, facts: ProofFacts) -> dict[st
             {"version": version, "event": event, "sealed_digest": digest}
             for version, event, digest in facts.events
         ],
+        **({"log": facts.log} if facts.log is not None else {}),
     }
 
 
@@ -129,6 +133,7 @@ def facts_from_evidence(document: dict[str, Any]) -> ProofFacts:
             (e["version"], e["event"], e["sealed_digest"]) for e in document["events"]
         ],
         time_source=document["time_source"],
+        log=document.get("log"),
         **times,
     )
 

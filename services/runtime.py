@@ -10,6 +10,7 @@ from pli.hsm.seal import EventSealer, SealVerifier
 from pli.hsm.secrets import SecretBox
 from pli.hsm.token import Token
 from pli.infrastructure.accounts import Consents, SenderAccounts
+from pli.infrastructure.checkpointer import Checkpointer
 from pli.infrastructure.clock import SystemClock
 from pli.infrastructure.content import ContentStore
 from pli.infrastructure.lease import ProcessLease
@@ -18,6 +19,7 @@ from pli.infrastructure.mail_queue import MailQueue
 from pli.infrastructure.oidc import IdTokenVerifier, load_trusted_issuers
 from pli.infrastructure.settings import Settings
 from pli.infrastructure.smtp import MailTransport, OutboxTransport, SmtpTransport
+from pli.infrastructure.transparency import LogStore, open_log_store
 from pli.infrastructure.views import LetterViewStore
 from pli.services.deposits import DepositAuthoriser
 from pli.services.identification import IdentityChecker
@@ -25,6 +27,7 @@ from pli.services.notification_delivery import NotificationDelivery
 from pli.services.notification_mail import MailComposer
 from pli.services.processes import (
     Expirer,
+    LogAppender,
     Notifier,
     ProcessRunner,
     Projector,
@@ -50,6 +53,9 @@ class Runtime:
     authoriser: DepositAuthoriser
     identities: IdentityChecker
     views: LetterViewStore
+    log: LogStore
+    log_appender: LogAppender
+    checkpointer: Checkpointer
     projector: Projector
     notifier: Notifier
     proof_builder: ProofBuilder
@@ -61,9 +67,10 @@ class Runtime:
         """Connect to the event store and the token (lazily) and wire it all."""
         clock = clock or SystemClock()
         token = Token(settings.token)
+        sealer = EventSealer(token)
         letters = LetterApplication(
             settings.eventsourcing_env(),
-            sealer=EventSealer(token),
+            sealer=sealer,
             verifier=SealVerifier.from_dir(settings.token.certs_dir),
             clock=clock,
             content=ContentStore(settings.content_dir),
@@ -76,18 +83,31 @@ class Runtime:
         views = LetterViewStore(
             letters.recorder.datastore, is_sqlite=settings.is_embedded
         )
+        log = open_log_store(letters.recorder)
+        log_appender = LogAppender(letters, log)
+        checkpointer = Checkpointer(
+            log, sealer, clock, interval=settings.checkpoint_interval
+        )
         projector = Projector(letters, views)
         notifier = Notifier(letters, views, _delivery(settings, letters, clock))
         pdf_sealer = PdfSealer(settings.token)
         proof_builder = ProofBuilder(
-            letters, views, ProofWriter(pdf_sealer, settings.proofs_dir)
+            letters,
+            views,
+            ProofWriter(pdf_sealer, settings.proofs_dir),
+            log,
+            checkpointer,
         )
         expirer = Expirer(letters, views, clock)
+        # The log appender goes first: the proof builder only reads events
+        # the log already holds.
         steps = [
+            log_appender.run_once,
             projector.run_once,
             notifier.run_once,
             proof_builder.run_once,
             expirer.run_once,
+            checkpointer.run_once,
         ]
         if settings.content_retention_days is not None:
             purger = Purger(letters, views, clock, settings.content_retention_days)
@@ -108,6 +128,9 @@ class Runtime:
             authoriser=DepositAuthoriser(accounts, consents),
             identities=IdentityChecker(letters, verifier, clock),
             views=views,
+            log=log,
+            log_appender=log_appender,
+            checkpointer=checkpointer,
             projector=projector,
             notifier=notifier,
             proof_builder=proof_builder,
