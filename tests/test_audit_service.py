@@ -24,7 +24,7 @@ from pli.v1 import letters_pb2 as pb
 
 from conftest import Pli
 from frontend import Frontend
-from test_audit_tampering import accepted_letter
+from test_audit_tampering import accepted_letter, delete_event
 from test_transparency_log import detached_evidence
 
 
@@ -88,6 +88,23 @@ def test_stream_events_resumes_from_a_position(
     assert first + rest == everything
     past_the_end = apb.StreamEventsRequest(start_position=len(everything))
     assert list(audit.StreamEvents(past_the_end)) == []
+
+
+def test_a_logged_event_gone_from_the_store_ends_the_stream_with_data_loss(
+    pli: Pli, logged: tuple[str, str], audit: audit_pb2_grpc.AuditServiceStub
+) -> None:
+    victim, _ = logged
+    (removed,) = [e for e in pli.runtime.log.entries_of(victim) if e.version == 3]
+    delete_event(pli, victim, 3)
+    received = []
+
+    with pytest.raises(grpc.RpcError) as raised:
+        for event in audit.StreamEvents(apb.StreamEventsRequest()):
+            received.append(event.position)
+
+    assert raised.value.code() == grpc.StatusCode.DATA_LOSS
+    assert f"log position {removed.position}" in (raised.value.details() or "")
+    assert received == list(range(removed.position))
 
 
 def test_a_negative_start_position_is_invalid(
