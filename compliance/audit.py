@@ -5,9 +5,11 @@ the seal certificates alone (no token, no PIN), checks each chain link and
 version sequence per aggregate (letters, sender accounts, consents, the
 key ceremony log),
 rebuilds every letter view from the events and
-compares it with the stored view, and checks that every attachment's stored
-bytes still match the digest the deposit bound. Each fault names the letter
-and version.
+compares it with the stored view, checks that every attachment's stored
+bytes still match the digest the deposit bound, and rebuilds the
+transparency log from the events to compare it with the stored log and
+checkpoints (:mod:`pli.compliance.log_replay`). Each fault names the letter
+(aggregate), the version and the log position.
 Views are compared as of the projector's recorded position, so a server
 that is still running does not produce false alarms.
 """
@@ -15,13 +17,15 @@ that is still running does not produce false alarms.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from eventsourcing.persistence import Notification, StoredEvent
 
+from pli.compliance.log_replay import LogReplay
 from pli.domain.letter import Letter
+from pli.infrastructure.checkpoints import Checkpoint
 from pli.infrastructure.content import ContentMissing
 from pli.infrastructure.envelope import (
     GENESIS,
@@ -31,6 +35,7 @@ from pli.infrastructure.envelope import (
 )
 from pli.infrastructure.event_store import BrokenHistory
 from pli.infrastructure.letters import LetterApplication, letter_view
+from pli.infrastructure.transparency import LogStore
 from pli.infrastructure.views import LetterViewStore
 
 __all__ = ["AuditReport", "Fault", "audit"]
@@ -43,14 +48,24 @@ _PROJECTOR = "letter-views"
 
 @dataclass(frozen=True)
 class Fault:
-    """One thing wrong, located by letter and version (0: the letter as a whole)."""
+    """One thing wrong, by letter, version (0: the whole) and log position.
+
+    ``letter_id`` is ``-`` for the log as a whole (a checkpoint, say) and
+    ``?`` for a row that cannot be decoded; ``position`` is the 0-based log
+    position, None for what is not in the log (a view, content).
+    """
 
     letter_id: str
     version: int
     reason: str
+    position: int | None = None
 
     def __str__(self) -> str:
-        return f"FAULT letter={self.letter_id} version={self.version}: {self.reason}"
+        position = "-" if self.position is None else str(self.position)
+        return (
+            f"FAULT letter={self.letter_id} version={self.version} "
+            f"position={position}: {self.reason}"
+        )
 
 
 @dataclass
@@ -61,6 +76,8 @@ class AuditReport:
     aggregates: int = 0
     letters: int = 0
     views_compared: int = 0
+    log_leaves: int = 0
+    checkpoints: int = 0
     faults: list[Fault] = field(default_factory=list)
 
     @property
@@ -111,7 +128,7 @@ def _one_by_one(
         except (ValueError, TypeError):
             if not reported:
                 report.faults.append(
-                    Fault("?", 0, f"unreadable stored event at log position {position}")
+                    Fault("?", 0, f"unreadable stored event at notification {position}")
                 )
                 reported = True
             position += 1
@@ -123,20 +140,52 @@ def _one_by_one(
         position = rows[0].id + 1
 
 
-def audit(letters: LetterApplication, views: LetterViewStore) -> AuditReport:
-    """Check every event, view and content file; return the report."""
+def audit(
+    letters: LetterApplication,
+    views: LetterViewStore,
+    log: LogStore | None = None,
+    *,
+    against: Checkpoint | None = None,
+    progress: Callable[[int], None] | None = None,
+    progress_every: int = 10_000,
+) -> AuditReport:
+    """Check every event, view, content file and the log; return the report.
+
+    ``against`` is an auditor's earlier checkpoint the log must extend;
+    ``progress`` is called with the number of events checked so far, every
+    ``progress_every`` events.
+    """
     report = AuditReport()
     chains: dict[str, _Chain] = {}
     projected_to = views.position(_PROJECTOR)
     store = letters.sealed_events
+    replay = None
+    if log is not None:
+        replay = LogReplay(log, store.verifier, _reporter(report), against=against)
     for notification in _notifications(letters, report):
         report.events += 1
-        _audit_event(letters, store, chains, notification, projected_to, report)
+        position = replay.feed(notification) if replay is not None else None
+        _audit_event(
+            letters, store, chains, notification, projected_to, report, position
+        )
+        if progress is not None and report.events % progress_every == 0:
+            progress(report.events)
+    if replay is not None:
+        replay.finish()
+        report.log_leaves = replay.from_leaves.size
+        report.checkpoints = replay.checkpoints_checked
     report.aggregates = len(chains)
     report.letters = sum(isinstance(c.aggregate, Letter) for c in chains.values())
     _compare_views(chains, views, report)
     _check_content(letters, chains, report)
     return report
+
+
+def _reporter(report: AuditReport) -> Callable[[str, int, int | None, str], None]:
+    def add(letter_id: str, version: int, position: int | None, reason: str) -> None:
+        report.faults.append(Fault(letter_id, version, reason, position))
+
+    return add
 
 
 def _audit_event(
@@ -146,12 +195,14 @@ def _audit_event(
     notification: Notification,
     projected_to: int,
     report: AuditReport,
+    position: int | None,
 ) -> None:
     letter_id = str(notification.originator_id)
     chain = chains.setdefault(letter_id, _Chain())
     fault = _check_event(store, chain, notification)
     if fault:
-        report.faults.append(Fault(letter_id, notification.originator_version, fault))
+        version = notification.originator_version
+        report.faults.append(Fault(letter_id, version, fault, position))
         chain.broken = True
     # Follow the chain as stored, so each later fault is reported on its own.
     chain.version = notification.originator_version

@@ -153,6 +153,7 @@ class Settings:
     smtp: SmtpSettings | None = None
     tsa: TsaSettings = field(default_factory=TsaSettings)
     qualified_roots: Path | None = None
+    checkpoint_interval: float = 300.0
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -181,6 +182,7 @@ class Settings:
             smtp=_smtp_settings(),
             tsa=TsaSettings.from_env(),
             qualified_roots=_optional_path("PLI_QUALIFIED_ROOTS"),
+            checkpoint_interval=_checkpoint_interval(),
         )
 
     @property
@@ -247,6 +249,19 @@ def _batching(environ: Mapping[str, str]) -> bool:
 def _optional_path(name: str) -> Path | None:
     value = os.environ.get(name, "")
     return Path(value).resolve() if value else None
+
+
+def _checkpoint_interval() -> float:
+    value = os.environ.get("PLI_CHECKPOINT_INTERVAL", "300")
+    try:
+        interval = float(value)
+    except ValueError:
+        interval = -1.0
+    if not 0 < interval < float("inf"):
+        raise SettingsError(
+            f"PLI_CHECKPOINT_INTERVAL={value!r} is not a positive number of seconds"
+        )
+    return interval
 
 
 def _retention_days() -> int | None:

@@ -1,5 +1,5 @@
-"""The ``pli`` command: token set-up, the server, the audit, compliance bundles,
-one-shot processes."""
+"""The ``pli`` command: token set-up, the server, the TSA, the audit, the log,
+compliance bundles, one-shot processes."""
 
 from __future__ import annotations
 
@@ -18,6 +18,9 @@ from pli.domain.clock import FixedClock
 from pli.hsm.provision import ROOT_CRL_FILE
 from pli.hsm.qualification import QualificationError
 from pli.hsm.token import TokenUnavailable
+from pli.infrastructure.checkpointer import EmptyLog
+from pli.infrastructure.checkpoints import MalformedCheckpoint
+from pli.infrastructure.files import write_atomically
 from pli.infrastructure.settings import Settings, SettingsError
 from pli.services.hsm_cli import add_hsm_commands
 
@@ -69,21 +72,41 @@ def _tsa_serve(settings: Settings, _: argparse.Namespace) -> int:
     return 0
 
 
-def _audit_verify(settings: Settings, _: argparse.Namespace) -> int:
+def _audit_verify(settings: Settings, args: argparse.Namespace) -> int:
+    from pli.services.audit_api import read_checkpoint
     from pli.services.runtime import Runtime
 
+    against = None
+    if args.against:
+        try:
+            against = read_checkpoint(Path(args.against).read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, MalformedCheckpoint) as exc:
+            print(f"pli: --against {args.against}: {exc}", file=sys.stderr)
+            return 2
     runtime = Runtime.open(settings)
     try:
-        report = audit(runtime.letters, runtime.views)
+        report = audit(
+            runtime.letters,
+            runtime.views,
+            runtime.log,
+            against=against,
+            progress=None if args.quiet else _progress,
+            progress_every=args.progress_every,
+        )
     finally:
         runtime.close()
     for fault in report.faults:
         print(fault)
     verdict = "clean" if report.clean else f"{len(report.faults)} fault(s)"
+    extends = ""
+    if against is not None and report.clean:
+        extends = f", extends the auditor's checkpoint of size {against.size}"
     print(
         f"audit: {report.events} events of {report.aggregates} aggregates "
         f"({report.letters} letters) checked, "
-        f"{report.views_compared} views compared: {verdict}"
+        f"{report.views_compared} views compared, "
+        f"{report.log_leaves} log leaves and {report.checkpoints} checkpoints "
+        f"checked{extends}: {verdict}"
     )
     return 0 if report.clean else 1
 
@@ -117,6 +140,41 @@ def _compliance_export(settings: Settings, args: argparse.Namespace) -> int:
     print(
         f"bundle {result.path}: {result.events} events, {result.size} bytes, "
         f"SHA-256 {result.sha256}"
+    )
+    return 0
+
+
+def _progress(events: int) -> None:
+    print(f"audit: {events} events checked so far", file=sys.stderr, flush=True)
+
+
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) == 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number")
+    return int(text)
+
+
+def _log_checkpoint(settings: Settings, args: argparse.Namespace) -> int:
+    from pli.services.runtime import Runtime
+
+    runtime = Runtime.open(settings)
+    try:
+        appended = runtime.log_appender.run_until_idle()
+        checkpoint = runtime.checkpointer.checkpoint_now()
+    except EmptyLog as exc:
+        print(f"pli: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        runtime.close()
+    document = json.dumps(checkpoint.to_json(), indent=2) + "\n"
+    if args.out:
+        write_atomically(Path(args.out), document.encode())
+    else:
+        print(document, end="")
+    print(
+        f"log: {appended} event(s) appended; checkpoint of size {checkpoint.size}, "
+        f"root {checkpoint.root.hex()}",
+        file=sys.stderr,
     )
     return 0
 
@@ -241,9 +299,34 @@ def _parser() -> argparse.ArgumentParser:
     ).set_defaults(run=_tsa_serve)
     audit_parser = commands.add_parser("audit", help="auditors' tools")
     audit_commands = audit_parser.add_subparsers(dest="audit_command", required=True)
-    audit_commands.add_parser(
-        "verify", help="replay and check every event and view"
-    ).set_defaults(run=_audit_verify)
+    verify = audit_commands.add_parser(
+        "verify", help="replay and check every event, view, the log and checkpoints"
+    )
+    verify.add_argument(
+        "--against",
+        metavar="FILE",
+        help="an auditor's earlier checkpoint (JSON) the log must extend",
+    )
+    verify.add_argument(
+        "--quiet", action="store_true", help="no progress lines on stderr"
+    )
+    verify.add_argument(
+        "--progress-every",
+        type=_positive,
+        default=10_000,
+        metavar="N",
+        help="a progress line every N events (default 10000)",
+    )
+    verify.set_defaults(run=_audit_verify)
+    log = commands.add_parser("log", help="the transparency log")
+    log_commands = log.add_subparsers(dest="log_command", required=True)
+    checkpoint = log_commands.add_parser(
+        "checkpoint", help="bring the log up to date and seal a checkpoint of it"
+    )
+    checkpoint.add_argument(
+        "--out", metavar="FILE", help="write the checkpoint's JSON here"
+    )
+    checkpoint.set_defaults(run=_log_checkpoint)
     _compliance_commands(commands)
     expire = commands.add_parser("expire", help="record every overdue non-claim")
     expire.add_argument(

@@ -1,10 +1,12 @@
-"""The processes that follow the event log: views, notifier, proofs, expirer.
+"""The processes that follow the event log: log, views, notifier, proofs, expirer.
 
 Each follower keeps its position in ``pli_positions`` and resumes there
-after a restart. Acting twice on one event is prevented where it matters:
-the notifier only queues a notification, once per letter, in the durable
-mail queue (:mod:`pli.services.notification_delivery` sends it at most
-once), the proof builder rewrites the same file, the letter views carry
+after a restart; the transparency log's appender keeps its own in the
+library's tracking table, in the transaction that appends. Acting twice on
+one event is prevented where it matters: the notifier only queues a
+notification, once per letter, in the durable mail queue
+(:mod:`pli.services.notification_delivery` sends it at most once), the
+proof builder rewrites the same file, the letter views carry
 their version, and the expirer relies on the letter's own rule (one expiry,
 after the window) and on optimistic concurrency between servers.
 """
@@ -18,7 +20,7 @@ from collections.abc import Callable
 from typing import Any
 from uuid import UUID
 
-from eventsourcing.persistence import Notification
+from eventsourcing.persistence import IntegrityError, Notification
 from eventsourcing.utils import get_topic
 
 from pli.domain.clock import Clock
@@ -27,6 +29,7 @@ from pli.domain.letter import Letter, LetterState
 from pli.infrastructure.event_store import BrokenHistory
 from pli.infrastructure.lease import ProcessLease
 from pli.infrastructure.letters import LetterApplication, iso, letter_view
+from pli.infrastructure.transparency import LogStore
 from pli.infrastructure.views import LetterViewStore
 from pli.services.notification_delivery import NotificationDelivery
 
@@ -34,6 +37,7 @@ __all__ = [
     "LETTER_TOPICS",
     "Expirer",
     "Follower",
+    "LogAppender",
     "Notifier",
     "ProcessRunner",
     "Projector",
@@ -71,11 +75,18 @@ class Follower:
         """Act on one event; return view rows to store with the position."""
         raise NotImplementedError
 
+    def horizon(self) -> int | None:
+        """The last notification id this follower may reach now (None: any)."""
+        return None
+
     def run_once(self) -> int:
         """Process the next batch; return how many events it held."""
         start = self.views.position(self.name) + 1
+        stop = self.horizon()
+        if stop is not None and stop < start:
+            return 0
         notifications = self.letters.recorder.select_notifications(
-            start=start, limit=self.batch_size, topics=self.topics
+            start=start, limit=self.batch_size, stop=stop, topics=self.topics
         )
         if not notifications:
             return 0
@@ -99,6 +110,46 @@ class Follower:
 
     def run_until_idle(self) -> int:
         """Process batches until the log holds nothing new for this follower."""
+        total = 0
+        while count := self.run_once():
+            total += count
+        return total
+
+
+class LogAppender:
+    """Appends every stored event, of every aggregate, to the transparency log.
+
+    It follows the whole event log (letters, sender accounts, consents) from
+    the log's own tracking record, and appends each batch exactly once
+    (:meth:`pli.infrastructure.transparency.LogStore.append`). A stored
+    event it cannot read stops it there, with an error the runner logs and
+    retries: the log never skips an event.
+    """
+
+    name = "transparency-log"
+    batch_size = 500
+
+    def __init__(self, letters: LetterApplication, log: LogStore) -> None:
+        self.letters = letters
+        self.log = log
+
+    def run_once(self) -> int:
+        """Append the next batch of stored events; return how many."""
+        start = self.log.tracked() + 1
+        notifications = self.letters.recorder.select_notifications(
+            start=start, limit=self.batch_size
+        )
+        if not notifications:
+            return 0
+        try:
+            return self.log.append(notifications)
+        except IntegrityError:
+            # Another server appended these first; the next batch starts after.
+            logger.info("log batch appended elsewhere from=%d", start)
+            return 0
+
+    def run_until_idle(self) -> int:
+        """Append until the log holds every stored event."""
         total = 0
         while count := self.run_once():
             total += count

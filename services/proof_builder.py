@@ -7,26 +7,38 @@ sealed ETSI REM evidence of the events it attests (the proof of deposit and
 sending: ``Deposited`` and ``Notified``), issuing it first if the evidence
 follower has not yet. Rendering the same proof twice replaces the file, so
 resuming after a crash is harmless.
+
+Every proof is anchored in the transparency log: its evidence carries a
+checkpoint covering the letter's events and each event's inclusion path
+(:mod:`pli.infrastructure.anchors`). The builder never runs ahead of the log
+appender: it only reads events the log already holds, and seals a fresh
+checkpoint when none covers them yet.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from eventsourcing.persistence import Notification
 
 from pli.domain.letter import Letter
 from pli.domain.proofs import ProofKind
+from pli.infrastructure.anchors import anchor_section
+from pli.infrastructure.checkpointer import Checkpointer
 from pli.infrastructure.envelope import event_digest
+from pli.infrastructure.event_store import BrokenHistory
 from pli.infrastructure.letters import LetterApplication
+from pli.infrastructure.merkle import leaf_hash
+from pli.infrastructure.transparency import LogStore
 from pli.infrastructure.views import LetterViewStore
 from pli.services.evidence_store import EvidenceStore
 from pli.services.processes import Follower, topic
 from pli.services.proofs import AssociatedFile, ProofFacts, ProofWriter
 
-__all__ = ["ProofBuilder", "proof_facts"]
+__all__ = ["ProofBuilder", "log_anchor", "proof_facts"]
 
 logger = logging.getLogger(__name__)
 
@@ -83,6 +95,28 @@ def proof_facts(
     )
 
 
+def log_anchor(
+    log: LogStore, checkpointer: Checkpointer, facts: ProofFacts
+) -> dict[str, Any]:
+    """The ``log`` section anchoring the events ``facts`` states.
+
+    Raises BrokenHistory when the log does not hold those events as stored.
+    """
+    stated = {version: digest for version, _, digest in facts.events}
+    entries = [e for e in log.entries_of(facts.letter_id) if e.version in stated]
+    for entry in entries:
+        if entry.leaf_hash != leaf_hash(bytes.fromhex(stated[entry.version])):
+            raise BrokenHistory(
+                facts.letter_id, entry.version, "the log's leaf disagrees with it"
+            )
+    missing = sorted(set(stated) - {e.version for e in entries})
+    if missing:
+        raise BrokenHistory(facts.letter_id, missing[0], "the log does not hold it")
+    checkpoint = checkpointer.covering(max(e.position for e in entries) + 1)
+    paths = [log.inclusion_proof(e.position, checkpoint.size) for e in entries]
+    return anchor_section(checkpoint, list(zip(entries, paths, strict=True)))
+
+
 class ProofBuilder(Follower):
     """Writes each warranted proof under ``proofs/<letter id>/``."""
 
@@ -95,20 +129,29 @@ class ProofBuilder(Follower):
         views: LetterViewStore,
         writer: ProofWriter,
         evidence: EvidenceStore,
+        log: LogStore,
+        checkpointer: Checkpointer,
         seal_qualified: Callable[[], bool] = lambda: False,
     ) -> None:
         super().__init__(letters, views)
         self.writer = writer
         self.evidence = evidence
+        self.log = log
+        self.checkpointer = checkpointer
         self.seal_qualified = seal_qualified
 
+    def horizon(self) -> int:
+        """Only events the transparency log already holds."""
+        return self.log.tracked()
+
     def handle(self, notification: Notification) -> list[dict[str, Any]]:
-        """Render and seal the proof this event warrants."""
+        """Render and seal the proof this event warrants, anchored in the log."""
         kind = _PROOF_FOR[notification.topic]
         letter = self.letters.repository.get(
             notification.originator_id, version=notification.originator_version
         )
         facts = proof_facts(self.letters, letter, seal_qualified=self.seal_qualified())
+        facts = replace(facts, log=log_anchor(self.log, self.checkpointer, facts))
         self.writer.write(kind, facts, self._evidence_of(kind, letter))
         logger.info("proof sealed letter=%s proof=%s", letter.id, kind.value)
         return []

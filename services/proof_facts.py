@@ -3,6 +3,8 @@
 A proof's ``evidence.json`` names the ETSI EN 319 522-2 evidence event the
 proof attests and repeats every fact on the page, so an auditor's tool reads
 them without parsing the page, and :func:`facts_from_evidence` reads them back.
+Its ``log`` section anchors the events in the transparency log
+(:mod:`pli.infrastructure.anchors`).
 """
 
 from __future__ import annotations
@@ -68,6 +70,7 @@ class ProofFacts:
     time_source: str
     # Whether the seal and the time are both qualified (pli.hsm.qualification).
     qualified: bool = False
+    log: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if not _SAFE_LETTER_ID.fullmatch(self.letter_id) or ".." in self.letter_id:
@@ -104,6 +107,7 @@ def evidence_document(proof_kind: ProofKind | str, facts: ProofFacts) -> dict[st
             {"version": version, "event": event, "sealed_digest": digest}
             for version, event, digest in facts.events
         ],
+        **({"log": facts.log} if facts.log is not None else {}),
     }
 
 
@@ -127,6 +131,7 @@ def facts_from_evidence(document: dict[str, Any]) -> ProofFacts:
         ],
         time_source=document["time_source"],
         qualified=document["qualified"] is True,
+        log=document.get("log"),
         **times,
     )
 

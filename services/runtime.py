@@ -16,6 +16,7 @@ from pli.hsm.secrets import SecretBox
 from pli.hsm.token import Token
 from pli.hsm.xml_seal import XmlSealer
 from pli.infrastructure.accounts import Consents, SenderAccounts
+from pli.infrastructure.checkpointer import Checkpointer
 from pli.infrastructure.clock import SystemClock
 from pli.infrastructure.content import ContentStore
 from pli.infrastructure.lease import ProcessLease
@@ -26,6 +27,7 @@ from pli.infrastructure.settings import Settings
 from pli.infrastructure.smtp import MailTransport, OutboxTransport, SmtpTransport
 from pli.infrastructure.stamping import TreeStamper
 from pli.infrastructure.timestamps import time_stamp_source
+from pli.infrastructure.transparency import LogStore, open_log_store
 from pli.infrastructure.views import LetterViewStore
 from pli.services.deposits import DepositAuthoriser
 from pli.services.evidence_issuer import EvidenceIssuer
@@ -35,6 +37,7 @@ from pli.services.notification_delivery import NotificationDelivery
 from pli.services.notification_mail import MailComposer
 from pli.services.processes import (
     Expirer,
+    LogAppender,
     Notifier,
     ProcessRunner,
     Projector,
@@ -62,6 +65,9 @@ class Runtime:
     authoriser: DepositAuthoriser
     identities: IdentityChecker
     views: LetterViewStore
+    log: LogStore
+    log_appender: LogAppender
+    checkpointer: Checkpointer
     projector: Projector
     notifier: Notifier
     evidence: EvidenceStore
@@ -79,9 +85,10 @@ class Runtime:
         )
         token = Token(settings.token)
         stamps = time_stamp_source(settings, token, clock)
+        sealer = EventSealer(token)
         letters = LetterApplication(
             settings.eventsourcing_env(),
-            sealer=EventSealer(token),
+            sealer=sealer,
             verifier=SealVerifier.from_dir(settings.token.certs_dir),
             clock=clock,
             content=ContentStore(settings.content_dir),
@@ -94,6 +101,15 @@ class Runtime:
             verifier = IdTokenVerifier(load_trusted_issuers(settings.oidc_issuers))
         views = LetterViewStore(
             letters.recorder.datastore, is_sqlite=settings.is_embedded
+        )
+        log = open_log_store(letters.recorder)
+        log_appender = LogAppender(letters, log)
+        checkpointer = Checkpointer(
+            log,
+            sealer,
+            clock,
+            interval=settings.checkpoint_interval,
+            stamper=lambda digest: stamps.stamp(digest).token,
         )
         projector = Projector(letters, views)
         notifier = Notifier(letters, views, _delivery(settings, letters, clock))
@@ -115,17 +131,23 @@ class Runtime:
             views,
             ProofWriter(pdf_sealer, settings.proofs_dir),
             evidence,
+            log,
+            checkpointer,
             seal_qualified=RoleQualification(
                 settings.token.certs_dir, KeyRole.SEAL, qualified_roots
             ),
         )
         expirer = Expirer(letters, views, clock)
+        # The log appender goes first: the proof builder only reads events
+        # the log already holds.
         steps = [
+            log_appender.run_once,
             projector.run_once,
             notifier.run_once,
             evidence_follower.run_once,
             proof_builder.run_once,
             expirer.run_once,
+            checkpointer.run_once,
         ]
         if settings.content_retention_days is not None:
             purger = Purger(letters, views, clock, settings.content_retention_days)
@@ -147,6 +169,9 @@ class Runtime:
             authoriser=DepositAuthoriser(accounts, consents),
             identities=IdentityChecker(letters, verifier, clock),
             views=views,
+            log=log,
+            log_appender=log_appender,
+            checkpointer=checkpointer,
             projector=projector,
             notifier=notifier,
             evidence=evidence,

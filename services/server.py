@@ -1,8 +1,9 @@
 """``pli serve``: the gRPC server, with health checking and reflection.
 
 One server process serves ``pli.v1`` and runs the background processes
-(views, notifier, proof builder, expirer). Standard health checking and
-server reflection are on, so ``grpcurl`` and load balancers work unchanged.
+(transparency log, views, notifier, proof builder, expirer, checkpoints).
+Standard health checking and server reflection are on, so ``grpcurl`` and
+load balancers work unchanged.
 """
 
 from __future__ import annotations
@@ -20,10 +21,11 @@ from pli.hsm.seal import EventSealer
 from pli.infrastructure.settings import Settings
 from pli.services.accounts_api import ConsentServicer, SenderAccountServicer
 from pli.services.api import MAX_INLINE_CONTENT, LetterServicer, RecipientDeskServicer
+from pli.services.audit_api import AuditServicer
 from pli.services.compliance_api import ComplianceServicer
 from pli.services.runtime import Runtime
 from pli.services.wire import generic_handler
-from pli.v1 import accounts_pb2, compliance_pb2, consents_pb2, letters_pb2
+from pli.v1 import accounts_pb2, audit_pb2, compliance_pb2, consents_pb2, letters_pb2
 
 __all__ = ["RunningServer", "start_server"]
 
@@ -34,6 +36,7 @@ _SERVICES = {
     **accounts_pb2.DESCRIPTOR.services_by_name,
     **consents_pb2.DESCRIPTOR.services_by_name,
     **compliance_pb2.DESCRIPTOR.services_by_name,
+    **audit_pb2.DESCRIPTOR.services_by_name,
 }
 
 
@@ -91,6 +94,12 @@ def start_server(
         ),
         "ComplianceService": ComplianceServicer(
             runtime.letters, settings, EventSealer(runtime.token)
+        ),
+        "AuditService": AuditServicer(
+            runtime.letters,
+            runtime.log,
+            runtime.letters.sealed_events.verifier,
+            settings.token.certs_dir,
         ),
     }
     server.add_generic_rpc_handlers(

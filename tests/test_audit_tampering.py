@@ -212,10 +212,10 @@ def test_a_null_state_is_data_loss_and_named_by_the_audit(
     assert caught.value.code() == grpc.StatusCode.DATA_LOSS
     assert result.returncode == 1
     # SQLite hands the row over and the audit names it; psycopg cannot decode
-    # it, and the audit names its position in the log instead.
+    # it, and the audit names its notification id instead.
     assert (
         f"letter={victim} version=2" in result.stdout
-        or "unreadable stored event at log position" in result.stdout
+        or "unreadable stored event at notification" in result.stdout
     )
 
 

@@ -170,7 +170,7 @@ def test_evidence_json_detached_with_pdfdetach_states_the_same_facts(
 ) -> None:
     listing = run("pdfdetach", "-list", str(proofs[kind]))
     saved = tmp_path / "evidence.json"
-    run("pdfdetach", "-save", "1", "-o", str(saved), str(proofs[kind]))
+    run("pdfdetach", "-savefile", "evidence.json", "-o", str(saved), str(proofs[kind]))
 
     document = json.loads(saved.read_text(encoding="utf-8"))
     assert "1 embedded files" in listing and EVIDENCE_FILE in listing
