@@ -71,6 +71,8 @@ class ProofFacts:
     # Whether the seal and the time are both qualified (pli.hsm.qualification).
     qualified: bool = False
     log: dict[str, Any] | None = None
+    # Per event version: its RFC 3161 stamp (token, tree path, time, TSA).
+    time_stamps: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if not _SAFE_LETTER_ID.fullmatch(self.letter_id) or ".." in self.letter_id:
@@ -108,6 +110,7 @@ def evidence_document(proof_kind: ProofKind | str, facts: ProofFacts) -> dict[st
             for version, event, digest in facts.events
         ],
         **({"log": facts.log} if facts.log is not None else {}),
+        **({"time_stamps": facts.time_stamps} if facts.time_stamps else {}),
     }
 
 
@@ -132,6 +135,7 @@ def facts_from_evidence(document: dict[str, Any]) -> ProofFacts:
         time_source=document["time_source"],
         qualified=document["qualified"] is True,
         log=document.get("log"),
+        time_stamps=document.get("time_stamps"),
         **times,
     )
 

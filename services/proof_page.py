@@ -46,7 +46,7 @@ __all__ = [
     "warning_box",
 ]
 
-NON_QUALIFIED_LABEL = "Non-qualified: development seal and clock"
+NON_QUALIFIED_LABEL = "Non-qualified: its seal or its time stamps are not qualified"
 _PARIS = ZoneInfo("Europe/Paris")
 
 TITLES = {
@@ -224,9 +224,9 @@ def _compose_page(kind: ProofKind, facts: ProofFacts) -> bytes:
 
 
 def warning_box() -> Table:
-    """The red box that marks a document made with development keys and clock."""
+    """The red box that marks a document whose seal or time is not qualified."""
     style = page_styles()["warning"]
-    french = "Non qualifié : cachet et horloge de développement"
+    french = "Non qualifié : son cachet ou ses horodatages ne sont pas qualifiés"
     box = Table(
         [[Paragraph(NON_QUALIFIED_LABEL, style)], [Paragraph(french, style)]],
         colWidths=[PAGE_WIDTH],

@@ -136,6 +136,7 @@ class Runtime:
             seal_qualified=RoleQualification(
                 settings.token.certs_dir, KeyRole.SEAL, qualified_roots
             ),
+            times=stamped_times,
         )
         expirer = Expirer(letters, views, clock)
         # The log appender goes first: the proof builder only reads events

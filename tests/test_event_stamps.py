@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import socket
 import subprocess
 import threading
@@ -12,9 +14,12 @@ from uuid import UUID
 import grpc
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 
 from pli.domain.clock import FixedClock
-from pli.hsm.timestamp import BadTimeStamp, stamped_digest
+from pli.hsm.timestamp import BadTimeStamp, check_token, stamped_digest
 from pli.infrastructure import merkle
 from pli.infrastructure.envelope import Envelope, seal_message, stamp_leaf_input
 from pli.infrastructure.letters import LetterApplication
@@ -186,3 +191,51 @@ def test_without_batching_each_call_makes_its_own_request(
     for n in range(3):
         stamper.stamp_leaves([b"%d" % n])
     assert stamper.requests == 3
+
+
+def test_a_proof_states_its_stamps_times_and_each_stamp_checks_from_the_proof_alone(
+    pli: Pli, tmp_path: Path, dev_root: x509.Certificate
+) -> None:
+    front = Frontend(pli)
+    letter = front.deposit_and_notify()
+    front.identify(letter.letter_id)
+    front.accept(letter.letter_id)
+    pli.run_processes()
+    proof = pli.runtime.settings.proofs_dir / letter.letter_id / "receipt.pdf"
+    saved = tmp_path / "evidence.json"
+    subprocess.run(
+        ["pdfdetach", "-savefile", "evidence.json", "-o", str(saved), str(proof)],
+        check=True,
+    )
+    evidence = json.loads(saved.read_text())
+
+    stamps = evidence["time_stamps"]
+    names = {str(e["version"]): e["event"] for e in evidence["events"]}
+    assert {names[v] for v in stamps} == {
+        "Deposited",
+        "Notified",
+        "IdentityVerified",
+        "Accepted",
+    }
+    assert "RFC 3161 time stamp" in evidence["time_source"]
+    assert "non-qualified" in evidence["time_source"]
+    seal = x509.load_pem_x509_certificate(
+        (pli.runtime.settings.token.certs_dir / "seal.pem").read_bytes()
+    )
+    for version, stamp in stamps.items():
+        message_digest = bytes.fromhex(stamp["seal_message_sha256"])
+        signature = base64.b64decode(stamp["seal"])
+        seal.public_key().verify(
+            signature, message_digest, ec.ECDSA(Prehashed(hashes.SHA256()))
+        )
+        leaf = merkle.leaf_hash(message_digest + signature)
+        token = base64.b64decode(stamp["token"])
+        root = stamped_digest(token)
+        path = [bytes.fromhex(node) for node in stamp["path"]]
+        assert merkle.verify_inclusion(
+            leaf, stamp["leaf_index"], stamp["tree_size"], path, root
+        ), version
+        info = check_token(token, digest=root, trust_roots=[dev_root])
+        assert info.time.isoformat().replace("+00:00", "Z") == stamp["time"]
+    decided = stamps[str(max(int(v) for v in stamps))]["time"]
+    assert evidence["times"]["decided_at"] == decided
