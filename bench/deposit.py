@@ -114,7 +114,9 @@ def baseline(dsn: str, clients: int, seconds: float) -> tuple[float, list[float]
     return count / seconds, latencies
 
 
-def _serve(dsn: str, home: Path) -> tuple[subprocess.Popen[bytes], int]:
+def _serve(
+    dsn: str, home: Path, extra_env: dict[str, str] | None = None
+) -> tuple[subprocess.Popen[bytes], int]:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = int(probe.getsockname()[1])
@@ -129,6 +131,7 @@ def _serve(dsn: str, home: Path) -> tuple[subprocess.Popen[bytes], int]:
                 "PLI_HSM_DIR", str(Path("var/hsm").resolve())
             ),
             "PLI_DATABASE_POOL_SIZE": "20",
+            **(extra_env or {}),
         }
     )
     server = subprocess.Popen(

@@ -10,6 +10,7 @@ signature over the attributes, is done by the token, so no key leaves it.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
@@ -53,12 +54,16 @@ def sign_content(
     ``certificates`` are embedded in the SignedData (the signer's certificate
     is embedded only when it is among them).
     """
-    signer = _asn1_certificate(certificate)
+    signer_der = certificate.public_bytes(serialization.Encoding.DER)
+    issuer_serial, signing_certificate = _signer_parts(signer_der)
     signed_attrs = cms.CMSAttributes(
         [
             _attribute("content_type", cms.ContentType(content_type)),
             _attribute("message_digest", hashlib.sha256(content).digest()),
-            _attribute("signing_certificate_v2", _signing_certificate(signer)),
+            _attribute(
+                "signing_certificate_v2",
+                tsp.SigningCertificateV2.load(signing_certificate),
+            ),
         ]
     )
     signature = token.sign_ecdsa_sha256(key_label, signed_attributes_der(signed_attrs))
@@ -67,7 +72,11 @@ def sign_content(
         {
             "version": "v1",
             "sid": cms.SignerIdentifier(
-                {"issuer_and_serial_number": _issuer_and_serial(signer)}
+                {
+                    "issuer_and_serial_number": cms.IssuerAndSerialNumber.load(
+                        issuer_serial
+                    )
+                }
             ),
             "digest_algorithm": {"algorithm": "sha256"},
             "signed_attrs": signed_attrs,
@@ -89,6 +98,20 @@ def sign_content(
     return cms.ContentInfo(
         {"content_type": "signed_data", "content": cms.SignedData(signed_data)}
     ).dump()
+
+
+@functools.lru_cache(maxsize=16)
+def _signer_parts(certificate_der: bytes) -> tuple[bytes, bytes]:
+    """The signer's IssuerAndSerialNumber and ESS signing-certificate-v2, in DER.
+
+    Built once per certificate: asn1crypto re-encodes structures that embed
+    parts of a parsed certificate, which would cost more than the signature.
+    """
+    signer = asn1_x509.Certificate.load(certificate_der)
+    return (
+        _issuer_and_serial(signer).dump(force=True),
+        _signing_certificate(signer).dump(force=True),
+    )
 
 
 def _attribute(name: str, value: object) -> cms.CMSAttribute:

@@ -71,10 +71,13 @@ def check_signer(
 ) -> None:
     """Check the signed attributes and the signature of ``signer_info``."""
     try:
+        # The bytes as received, taken before reading the attributes: the
+        # signature covers them, and asn1crypto would re-encode them after.
+        signed = signed_attributes_der(signer_info["signed_attrs"])
         _check_signer_info(signer_info)
         _check_signed_attributes(signer_info, content_type, content, certificate)
         public_key = x509.load_der_x509_certificate(certificate.dump()).public_key()
-        _check_signature(signer_info, public_key)
+        _check_signature(signer_info, public_key, signed)
     except (*_ASN1_ERRORS, x509.InvalidVersion) as exc:
         raise BadSignedData("signer information unreadable") from exc
 
@@ -180,8 +183,9 @@ def _check_issuer_serial(
         raise BadSignedData("ESS signing-certificate issuer and serial mismatch")
 
 
-def _check_signature(signer_info: cms.SignerInfo, public_key: object) -> None:
-    data = signed_attributes_der(signer_info["signed_attrs"])
+def _check_signature(
+    signer_info: cms.SignerInfo, public_key: object, data: bytes
+) -> None:
     signature = signer_info["signature"].native
     algorithm: algos.SignedDigestAlgorithm = signer_info["signature_algorithm"]
     kind = algorithm.signature_algo
