@@ -9,9 +9,12 @@ the token seals. ``pli.compliance.verify_bundle`` checks it offline.
 The period [from, to) is a stretch of the log: it starts at the first event
 whose time is at or after ``from`` and ends before the first later event
 whose time is at or after ``to``, so a bundle is always a contiguous run of
-log positions, however the servers' clocks drifted. Events are read in pages
-and every file is streamed into the archive, so memory stays flat however
-long the period; the archive appears under its name only once complete.
+log positions, however the servers' clocks drifted. The bundle binds that
+run to the transparency log (``pli.compliance.bundle_log``): the export takes
+the log's latest checkpoint, sealing one first when the log has grown past
+it, and holds no event past that checkpoint. Events are read in pages and
+every file is streamed into the archive, so memory stays flat however long
+the period; the archive appears under its name only once complete.
 """
 
 from __future__ import annotations
@@ -35,11 +38,13 @@ from pli.compliance.bundle_format import (
     Period,
     iso_utc,
 )
-from pli.compliance.bundle_io import BundleWriter, ScannedEvent
+from pli.compliance.bundle_io import BundleError, BundleWriter, ScannedEvent
 from pli.compliance.bundle_parts import PARTS
 from pli.compliance.bundle_sources import ExportSource
 from pli.compliance.bundle_stats import aware
 from pli.hsm.seal import EventSealer, SealVerifier
+from pli.infrastructure.checkpointer import Checkpointer
+from pli.infrastructure.checkpoints import Checkpoint
 from pli.infrastructure.envelope import split_state
 from pli.infrastructure.letters import LetterApplication
 from pli.infrastructure.settings import Settings
@@ -61,10 +66,6 @@ _PAGE = 1000
 _RANK_RULE = "ascending SHA-256 of (the period's last event digest, newline, letter id)"
 
 
-class BundleError(Exception):
-    """The bundle cannot be exported; nothing was written."""
-
-
 @dataclass(frozen=True)
 class ExportResult:
     """Where the bundle went and what it holds."""
@@ -75,6 +76,7 @@ class ExportResult:
     events: int
     first_position: int | None
     last_position: int | None
+    checkpoint: Checkpoint | None
 
 
 @dataclass
@@ -148,10 +150,17 @@ def export_bundle(
     period: Period,
     out: Path,
     *,
+    checkpointer: Checkpointer,
     sample_size: int = DEFAULT_SAMPLE_SIZE,
     created_at: dt.datetime | None = None,
 ) -> ExportResult:
-    """Write the bundle of ``period`` to ``out``; raises BundleError."""
+    """Write the bundle of ``period`` to ``out``; raises BundleError.
+
+    The bundle holds the period's events the transparency log holds; callers
+    bring the log up to date first. ``checkpointer`` seals a checkpoint when
+    none covers the whole log (raising what it raises when the token or the
+    TSA fails).
+    """
     if not 0 <= sample_size <= MAX_SAMPLE_SIZE:
         raise BundleError(f"the proof sample holds 0 to {MAX_SAMPLE_SIZE} proofs")
     if out.exists():
@@ -159,13 +168,21 @@ def export_bundle(
     if not out.parent.is_dir():
         raise BundleError(f"{out.parent} is not a folder")
     created_at = (created_at or dt.datetime.now(dt.UTC)).astimezone(dt.UTC)
+    checkpoint = _latest_checkpoint(checkpointer)
     descriptor, temporary = tempfile.mkstemp(
         dir=out.parent, prefix=f".{out.name}.", suffix=".part"
     )
     os.close(descriptor)
     try:
         source = ExportSource(
-            letters, settings, period, sample_size, created_at, out.parent
+            letters,
+            settings,
+            period,
+            sample_size,
+            created_at,
+            out.parent,
+            checkpointer.log,
+            checkpoint,
         )
         log = _write_archive(Path(temporary), source, sealer)
         digest, size = _sync_and_digest(Path(temporary))
@@ -182,12 +199,37 @@ def export_bundle(
         size,
     )
     return ExportResult(
-        out, digest, size, log.events, log.first_position, log.last_position
+        out,
+        digest,
+        size,
+        log.events,
+        log.first_position,
+        log.last_position,
+        checkpoint,
     )
 
 
+def _latest_checkpoint(checkpointer: Checkpointer) -> Checkpoint | None:
+    """The log's latest checkpoint, sealed now if the log grew past it."""
+    size = checkpointer.log.size()
+    return checkpointer.covering(size) if size else None
+
+
+def _log_end(source: ExportSource) -> int:
+    """The store position of the last event the latest checkpoint covers."""
+    if source.checkpoint is None:
+        return 0
+    entries = source.log.entries(source.checkpoint.size - 1, 1)
+    if not entries:
+        raise BundleError(
+            f"the log lacks the last leaf of its checkpoint of size "
+            f"{source.checkpoint.size}; run `pli audit verify`"
+        )
+    return entries[0].notification_id
+
+
 def _write_archive(path: Path, source: ExportSource, sealer: EventSealer) -> _LogRange:
-    log_end = source.letters.recorder.max_notification_id() or 0
+    log_end = _log_end(source)
     exporters = [(part, part.exporter(source)) for part in PARTS]
     log = _LogRange()
     for event in scan_log(source.letters, source.period, log_end):

@@ -11,9 +11,11 @@ bytes, a DER ECDSA P-256/SHA-256 signature that ``openssl dgst -verify``
 checks with the seal certificate in ``certs/``. The manifest names the seal
 key, so it is itself covered by the seal.
 
-Event lines carry only what the seal and the chain cover: log position,
-aggregate id, version, topic, the exact envelope header line and the
-payload's SHA-256, never the payload (``pli.infrastructure.envelope``).
+Event lines carry only what the seal and the chain cover: the event's
+position in the event store (its notification id), aggregate id, version,
+topic, the exact envelope header line and the payload's SHA-256, never the
+payload (``pli.infrastructure.envelope``). Its *log position*, the 0-based
+leaf index in the transparency log, is in ``log/inclusion.jsonl``.
 """
 
 from __future__ import annotations
@@ -38,6 +40,9 @@ __all__ = [
     "EVENTS",
     "FORMAT",
     "KEY_CEREMONY",
+    "LOG_CHECKPOINTS",
+    "LOG_CONSISTENCY",
+    "LOG_INCLUSION",
     "MANIFEST",
     "MANIFEST_SIGNATURE",
     "PROOFS_DIR",
@@ -65,6 +70,9 @@ CONFIGURATION = "configuration.json"
 SOFTWARE = "software.json"
 STATISTICS = "statistics.json"
 PROOFS_DIR = "proofs/"
+LOG_CHECKPOINTS = "log/checkpoints.jsonl"
+LOG_CONSISTENCY = "log/consistency.jsonl"
+LOG_INCLUSION = "log/inclusion.jsonl"
 
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 

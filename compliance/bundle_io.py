@@ -27,6 +27,7 @@ from typing import IO, Any, Protocol
 from pli.compliance.bundle_format import EventRecord
 
 __all__ = [
+    "BundleError",
     "BundleReader",
     "BundleWriter",
     "Fault",
@@ -41,6 +42,10 @@ __all__ = [
 
 _CHUNK = 1024 * 1024
 _MAX_WHOLE = 64 * 1024 * 1024
+
+
+class BundleError(Exception):
+    """The bundle cannot be exported; nothing was written."""
 
 
 class UnusableBundle(Exception):

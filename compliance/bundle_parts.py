@@ -1,8 +1,7 @@
 """The parts of a compliance bundle, each an exporter and a checker.
 
-Adding a part (checkpoints and consistency proofs of the transparency log,
-time-stamp tokens, ...) is one module with an exporter and a checker, and
-one line below. Exporters see every event from the log's start to the
+Adding a part is one module with an exporter and a checker, and one line
+below. Exporters see every event from the log's start to the
 period's end, then write their files; checkers see every event line of the
 bundle, then check their files. The manifest, its seal and the file digests
 are the frame around the parts (``pli.compliance.bundle`` and
@@ -22,11 +21,16 @@ from pli.compliance.bundle_format import (
     CONFIGURATION,
     EVENTS,
     KEY_CEREMONY,
+    LOG_CHECKPOINTS,
+    LOG_CONSISTENCY,
+    LOG_INCLUSION,
     PROOFS_DIR,
     SOFTWARE,
     STATISTICS,
 )
 from pli.compliance.bundle_io import PartChecker, PartExporter
+from pli.compliance.bundle_log import LogBindingExporter
+from pli.compliance.bundle_log_check import LogBindingChecker
 from pli.compliance.bundle_proofs import ProofSampleChecker, ProofSampleExporter
 from pli.compliance.bundle_snapshot import (
     CertificatesChecker,
@@ -37,6 +41,7 @@ from pli.compliance.bundle_snapshot import (
     SoftwareExporter,
 )
 from pli.compliance.bundle_sources import CheckSource, ExportSource
+from pli.compliance.bundle_stamps import TimeStampsChecker, TimeStampsExporter
 from pli.compliance.bundle_stats import StatisticsChecker, StatisticsExporter
 
 __all__ = ["PARTS", "Part"]
@@ -67,6 +72,13 @@ PARTS: tuple[Part, ...] = (
         "configuration", (CONFIGURATION,), ConfigurationExporter, ConfigurationChecker
     ),
     Part("software", (SOFTWARE,), SoftwareExporter, SoftwareChecker),
+    Part(
+        "log",
+        (LOG_CHECKPOINTS, LOG_CONSISTENCY, LOG_INCLUSION),
+        LogBindingExporter,
+        LogBindingChecker,
+    ),
+    Part("time stamps", (), TimeStampsExporter, TimeStampsChecker),
     Part("statistics", (STATISTICS,), StatisticsExporter, StatisticsChecker),
     Part("proofs", (), ProofSampleExporter, ProofSampleChecker, folder=PROOFS_DIR),
 )

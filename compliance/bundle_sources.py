@@ -9,15 +9,21 @@ from pathlib import Path
 from pli.compliance.bundle_format import Period
 from pli.compliance.bundle_io import BundleReader, Findings
 from pli.compliance.bundle_trust import BundleTrust
+from pli.infrastructure.checkpoints import Checkpoint
 from pli.infrastructure.letters import LetterApplication
 from pli.infrastructure.settings import Settings
+from pli.infrastructure.transparency import LogStore
 
 __all__ = ["CheckSource", "ExportSource"]
 
 
 @dataclass(frozen=True)
 class ExportSource:
-    """The event store, the settings and the period a bundle is exported from."""
+    """The event store, the settings and the period a bundle is exported from.
+
+    ``checkpoint`` is the transparency log's latest checkpoint at export
+    time (None while the log is empty); the bundle holds no event past it.
+    """
 
     letters: LetterApplication
     settings: Settings
@@ -25,6 +31,8 @@ class ExportSource:
     sample_size: int
     created_at: dt.datetime
     spool_dir: Path
+    log: LogStore
+    checkpoint: Checkpoint | None
 
 
 @dataclass(frozen=True)

@@ -8,8 +8,9 @@ anchor's SHA-256 fingerprint so the auditor compares it out of band. A seal
 certificate is trusted only if its path to the anchor validates (pyHanko's
 certificate validator, offline: no fetching, the bundle's CRLs only) and its
 key usage allows signing, so a certificate slipped into the bundle cannot
-vouch for forged seals. A bundle with more than one root is a fault unless
-the auditor names the provider's root with ``--trust``.
+vouch for forged seals; a TSA certificate (extended key usage timeStamping)
+never counts as one. A bundle with more than one root is a fault unless the
+auditor names the provider's root with ``--trust``.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID
 from pyhanko_certvalidator import CertificateValidator, ValidationContext
 from pyhanko_certvalidator.errors import PathError, ValidationError
 
@@ -32,7 +34,7 @@ from pli.compliance.bundle_format import CERTS_DIR
 from pli.compliance.bundle_io import BundleReader, Findings
 from pli.hsm.seal import SealVerifier, key_id_of
 
-__all__ = ["BundleTrust", "fingerprint", "load_trust_root"]
+__all__ = ["BundleTrust", "fingerprint", "is_tsa_certificate", "load_trust_root"]
 
 PART = "certificates"
 _MAX_CERT_FILE = 1024 * 1024
@@ -67,11 +69,25 @@ def _is_root(certificate: x509.Certificate) -> bool:
     return True
 
 
+def is_tsa_certificate(certificate: x509.Certificate) -> bool:
+    """Whether the certificate is a TSA's: its extended key usage is timeStamping."""
+    try:
+        usage = certificate.extensions.get_extension_for_class(x509.ExtendedKeyUsage)
+    except x509.ExtensionNotFound:
+        return False
+    return ExtendedKeyUsageOID.TIME_STAMPING in usage.value
+
+
 def _may_seal(certificate: x509.Certificate) -> bool:
-    """Whether the certificate's key may sign: an end entity with that usage."""
+    """Whether the certificate's key may seal: an end entity with that usage.
+
+    A TSA's key signs time stamps only (RFC 3161 §2.3), never events.
+    """
     try:
         usage = certificate.extensions.get_extension_for_class(x509.KeyUsage).value
     except x509.ExtensionNotFound:
+        return False
+    if is_tsa_certificate(certificate):
         return False
     return usage.digital_signature or usage.content_commitment
 
@@ -135,6 +151,8 @@ class BundleTrust:
             findings.note(PART, "trust anchor source", trust.anchor_source)
             findings.note(PART, "trust anchor SHA-256 fingerprint", fingerprint(anchor))
         findings.note(PART, "seal certificates trusted", len(trust.trusted_key_ids))
+        tsa = [c for c in files.values() if is_tsa_certificate(c)]
+        findings.note(PART, "TSA certificates", len(tsa))
         return trust
 
     def seal_verifier(self) -> SealVerifier:

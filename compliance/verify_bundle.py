@@ -4,10 +4,12 @@ No database, no token, no network: the verifier reads the archive and the
 certificates in it (or a root the auditor holds, ``--trust``). It checks the
 manifest's seal, every file's digest and size (naming each changed, missing
 or added file), then hands every event line to each bundle part's checker:
-seals and chain links, the key ceremony log, statistics recomputed from the
-events, the sample proofs' PAdES seals and evidence. Every fault is named by
-part, file and line; the report also shows the trust anchor's fingerprint,
-which the auditor compares out of band.
+seals and chain links, the key ceremony log, the binding to the transparency
+log (checkpoints, consistency and inclusion proofs), the time stamps,
+statistics recomputed from the events, the sample proofs' PAdES seals and
+evidence. Every fault is named by part, file and line; the report also shows
+the trust anchor's fingerprint and the latest checkpoint's size and root,
+which the auditor compares out of band with what the provider published.
 """
 
 from __future__ import annotations

@@ -31,7 +31,7 @@ from pli.infrastructure import merkle
 from pli.infrastructure.envelope import Envelope, EventStamp, stamp_leaf_input
 from pli.infrastructure.event_store import StampingUnavailable
 
-__all__ = ["DigestStamper", "TreeStamper", "check_event_stamp"]
+__all__ = ["DigestStamper", "TreeStamper", "check_event_stamp", "stamped_root"]
 
 logger = logging.getLogger(__name__)
 
@@ -162,6 +162,23 @@ def check_event_stamp(
     ``message`` is the event's seal message
     (:func:`pli.infrastructure.envelope.seal_message`).
     """
+    root = stamped_root(envelope, message)
+    assert envelope.stamp is not None
+    return check_token(
+        envelope.stamp.token,
+        digest=root,
+        trust_roots=trust_roots,
+        qualified_roots=qualified_roots,
+    )
+
+
+def stamped_root(envelope: Envelope, message: bytes) -> bytes:
+    """The root an event's stamp token covers, once the path to it is checked.
+
+    The first half of :func:`check_event_stamp`: raises :class:`BadTimeStamp`
+    unless the stamped tree holds the event's seal. Events stamped together
+    share one token, which a caller checking many events checks once.
+    """
     stamp = envelope.stamp
     if stamp is None:
         raise BadTimeStamp("event carries no time stamp")
@@ -169,9 +186,4 @@ def check_event_stamp(
     root = stamped_digest(stamp.token)
     if not merkle.verify_inclusion(leaf, stamp.index, stamp.size, stamp.path, root):
         raise BadTimeStamp("the stamped tree does not hold this event's seal")
-    return check_token(
-        stamp.token,
-        digest=root,
-        trust_roots=trust_roots,
-        qualified_roots=qualified_roots,
-    )
+    return root

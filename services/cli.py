@@ -115,6 +115,8 @@ def _compliance_export(settings: Settings, args: argparse.Namespace) -> int:
     from pli.compliance.bundle import BundleError, export_bundle
     from pli.compliance.bundle_format import Period, PeriodError
     from pli.hsm.seal import EventSealer
+    from pli.infrastructure.timestamps import TimeStampUnavailable
+    from pli.infrastructure.transparency import UnreadableEvent
     from pli.services.runtime import Runtime
 
     try:
@@ -124,15 +126,17 @@ def _compliance_export(settings: Settings, args: argparse.Namespace) -> int:
         return 2
     runtime = Runtime.open(settings)
     try:
+        runtime.log_appender.run_until_idle()
         result = export_bundle(
             runtime.letters,
             settings,
             EventSealer(runtime.token),
             period,
             Path(args.out),
+            checkpointer=runtime.checkpointer,
             sample_size=args.proofs,
         )
-    except BundleError as exc:
+    except (BundleError, TimeStampUnavailable, UnreadableEvent) as exc:
         print(f"pli: {exc}", file=sys.stderr)
         return 2
     finally:
@@ -141,6 +145,11 @@ def _compliance_export(settings: Settings, args: argparse.Namespace) -> int:
         f"bundle {result.path}: {result.events} events, {result.size} bytes, "
         f"SHA-256 {result.sha256}"
     )
+    if result.checkpoint is not None:
+        print(
+            f"bound to the log's checkpoint of size {result.checkpoint.size}, "
+            f"root {result.checkpoint.root.hex()}"
+        )
     return 0
 
 

@@ -1,11 +1,12 @@
 """``pli.v1.ComplianceService``: compliance bundles over gRPC.
 
-The bundle is exported to a private temporary folder under the PLI home (it
-holds sample proofs, which carry personal data), then streamed in chunks
-read from that file, so neither the export nor the stream holds the archive
-in memory. The last message carries the SHA-256 of the bytes sent, which the
-caller compares with its own; the folder is removed when the stream ends,
-however it ends.
+The transparency log is brought up to date first, so the bundle holds every
+event stored before the call. The bundle is exported to a private temporary
+folder under the PLI home (it holds sample proofs, which carry personal
+data), then streamed in chunks read from that file, so neither the export
+nor the stream holds the archive in memory. The last message carries the
+SHA-256 of the bytes sent, which the caller compares with its own; the
+folder is removed when the stream ends, however it ends.
 """
 
 from __future__ import annotations
@@ -29,8 +30,12 @@ from pli.compliance.bundle import (
 from pli.compliance.bundle_format import Period, PeriodError
 from pli.hsm.seal import EventSealer
 from pli.hsm.token import TokenUnavailable
+from pli.infrastructure.checkpointer import Checkpointer
 from pli.infrastructure.letters import LetterApplication
 from pli.infrastructure.settings import Settings
+from pli.infrastructure.timestamps import TimeStampUnavailable
+from pli.infrastructure.transparency import UnreadableEvent
+from pli.services.processes import LogAppender
 from pli.services.wire import abort, abort_invalid, error_info
 from pli.v1 import compliance_pb2 as pb
 
@@ -46,11 +51,18 @@ class ComplianceServicer:
     """``pli.v1.ComplianceService``: what a compliance officer may do."""
 
     def __init__(
-        self, letters: LetterApplication, settings: Settings, sealer: EventSealer
+        self,
+        letters: LetterApplication,
+        settings: Settings,
+        sealer: EventSealer,
+        log_appender: LogAppender,
+        checkpointer: Checkpointer,
     ) -> None:
         self.letters = letters
         self.settings = settings
         self.sealer = sealer
+        self.log_appender = log_appender
+        self.checkpointer = checkpointer
 
     def ExportBundle(  # noqa: N802 (gRPC method name)
         self, request: pb.ExportBundleRequest, context: grpc.ServicerContext
@@ -101,23 +113,26 @@ class ComplianceServicer:
         context: grpc.ServicerContext,
     ) -> None:
         try:
+            self.log_appender.run_until_idle()
             export_bundle(
                 self.letters,
                 self.settings,
                 self.sealer,
                 period,
                 path,
+                checkpointer=self.checkpointer,
                 sample_size=sample_size,
             )
-        except (TokenUnavailable, OperationalError) as exc:
+        except (TokenUnavailable, TimeStampUnavailable, OperationalError) as exc:
             logger.error("bundle export failed error=%s", type(exc).__name__)
             abort(
                 context,
                 grpc.StatusCode.UNAVAILABLE,
-                "the sealing token or the event store is unavailable",
+                "the sealing token, the time-stamping authority or the event "
+                "store is unavailable",
                 [error_info("SEALING_UNAVAILABLE")],
             )
-        except BundleError as exc:
+        except (BundleError, UnreadableEvent) as exc:
             logger.error("bundle export failed error=%s", exc)
             abort(
                 context,

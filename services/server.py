@@ -93,7 +93,11 @@ def start_server(
             settings.provider_name,
         ),
         "ComplianceService": ComplianceServicer(
-            runtime.letters, settings, EventSealer(runtime.token)
+            runtime.letters,
+            settings,
+            EventSealer(runtime.token),
+            runtime.log_appender,
+            runtime.checkpointer,
         ),
         "AuditService": AuditServicer(
             runtime.letters,

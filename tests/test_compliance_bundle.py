@@ -9,6 +9,7 @@ attacker with the file would, then checks the verifier names the damage.
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import hashlib
 import json
@@ -17,7 +18,7 @@ import subprocess
 import sys
 import zipfile
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import grpc
@@ -28,11 +29,13 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from google.protobuf import timestamp_pb2
 
+from pli.compliance.bundle_stamps import LEGALLY_TIMED_TOPICS
 from pli.compliance.verify_bundle import Verification, verify_bundle
 from pli.domain.clock import FixedClock
 from pli.domain.key_ceremony import KeyRegistry
 from pli.hsm.seal import key_id_of
 from pli.hsm.token import TokenConfig
+from pli.infrastructure.checkpoints import Checkpoint
 from pli.infrastructure.dev_idp import DevIdentityProvider
 from pli.infrastructure.settings import Settings
 from pli.services.server import start_server
@@ -412,6 +415,12 @@ def test_a_later_period_anchors_its_chains_in_the_events_before_it(
     statistics = json.loads(files["statistics.json"])
     assert statistics["letters_deposited"]["total"] == 1
     assert statistics["time_to_decision_seconds"]["count"] == 1
+    # Only the checkpoints that end inside the period, then the latest.
+    positions = [p["log_position"] for p in jsonl(files, "log/inclusion.jsonl")]
+    sizes = [c["size"] for c in jsonl(files, "log/checkpoints.jsonl")]
+    assert positions[0] > 0
+    assert all(positions[0] < size <= positions[-1] + 1 for size in sizes[:-1])
+    assert sizes[-1] >= positions[-1] + 1
 
 
 # Each damage is detected and named.
@@ -587,6 +596,281 @@ def test_a_changed_proof_pdf_is_named(history: History, tmp_path: Path) -> None:
     assert named(verification, f"[proofs] {proof}", "PAdES seal")
 
 
+# The transparency log and the time stamps.
+
+
+def jsonl(files: dict[str, bytes], name: str) -> list[dict]:
+    return [json.loads(line) for line in files[name].splitlines()]
+
+
+def set_jsonl(files: dict[str, bytes], name: str, values: list[dict]) -> None:
+    files[name] = b"".join(
+        json.dumps(v, sort_keys=True, separators=(",", ":")).encode() + b"\n"
+        for v in values
+    )
+
+
+def flipped(hex_hash: str) -> str:
+    return ("0" if hex_hash[0] != "0" else "1") + hex_hash[1:]
+
+
+def timed_lines(files: dict[str, bytes]) -> list[int]:
+    """The events.jsonl line numbers of legally timed events."""
+    return [
+        number
+        for number, record in enumerate(jsonl(files, "events.jsonl"), start=1)
+        if record["topic"] in LEGALLY_TIMED_TOPICS
+    ]
+
+
+def edit_header(
+    files: dict[str, bytes], line: int, edit: Callable[[dict], None]
+) -> None:
+    records = jsonl(files, "events.jsonl")
+    header = json.loads(records[line - 1]["header"])
+    edit(header)
+    records[line - 1]["header"] = json.dumps(
+        header, separators=(",", ":"), sort_keys=True
+    )
+    set_jsonl(files, "events.jsonl", records)
+
+
+def test_every_event_is_proven_in_the_latest_checkpoint_and_every_stamp_checked(
+    history: History,
+) -> None:
+    files = members(history.bundle)
+
+    verification = verify_bundle(history.bundle)
+
+    assert verification.clean, faults(verification)
+    log = verification.findings.notes["log"]
+    events = len(event_lines(files))
+    assert log["inclusion proofs valid"] == events
+    assert log["log positions"] == f"0 to {events - 1}"
+    assert log["checkpoints"] >= 3
+    assert log["checkpoint time stamps valid"] == log["checkpoints"]
+    assert log["consistency proofs valid"] == log["checkpoints"] - 1
+    latest = log["latest checkpoint"]
+    assert latest["seal"] == "valid"
+    # The root the database's own tree gives for that size.
+    assert latest["root"] == history.pli.runtime.log.root(latest["size"]).hex()
+    stamps = verification.findings.notes["time stamps"]
+    assert stamps["stamps valid"] == len(timed_lines(files)) > 0
+    assert stamps["legally timed events"] == len(timed_lines(files))
+    certificates = verification.findings.notes["certificates"]
+    assert certificates["TSA certificates"] == 1
+    assert certificates["seal certificates trusted"] == 1
+
+
+def test_openssl_verifies_a_bundled_checkpoint_seal_and_its_time_stamp(
+    history: History, tmp_path: Path
+) -> None:
+    files = members(history.bundle)
+    checkpoint = Checkpoint.from_json(jsonl(files, "log/checkpoints.jsonl")[1])
+    assert checkpoint.stamp is not None
+    for name in ("certs/seal.pem", "certs/root.pem", "certs/tsa.pem"):
+        (tmp_path / name.split("/")[1]).write_bytes(files[name])
+    (tmp_path / "message").write_bytes(checkpoint.message)
+    (tmp_path / "seal.der").write_bytes(checkpoint.seal)
+    (tmp_path / "token.der").write_bytes(checkpoint.stamp)
+    public = subprocess.run(
+        ["openssl", "x509", "-in", str(tmp_path / "seal.pem"), "-noout", "-pubkey"],
+        capture_output=True,
+        check=True,
+    ).stdout
+    (tmp_path / "seal-public.pem").write_bytes(public)
+
+    seal = subprocess.run(
+        ["openssl", "dgst", "-sha256", "-verify", str(tmp_path / "seal-public.pem"),
+         "-signature", str(tmp_path / "seal.der"), str(tmp_path / "message")],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    stamp = subprocess.run(
+        ["openssl", "ts", "-verify", "-token_in", "-in", str(tmp_path / "token.der"),
+         "-digest", hashlib.sha256(checkpoint.message).hexdigest(),
+         "-CAfile", str(tmp_path / "root.pem"),
+         "-untrusted", str(tmp_path / "tsa.pem")],
+        capture_output=True, text=True,
+    )  # fmt: skip
+
+    assert seal.returncode == 0 and "Verified OK" in seal.stdout
+    assert stamp.returncode == 0 and "Verification: OK" in stamp.stdout
+
+
+def test_a_forged_checkpoint_resealed_by_another_key_is_named(
+    history: History, tmp_path: Path
+) -> None:
+    forger = ec.generate_private_key(ec.SECP256R1())
+    forged_certificate = certificate("forger", forger)
+    files = members(history.bundle)
+    checkpoints = jsonl(files, "log/checkpoints.jsonl")
+    size, following = checkpoints[3]["size"], checkpoints[4]["size"]
+
+    def edit(files: dict[str, bytes]) -> None:
+        forged = Checkpoint.from_json(checkpoints[3])
+        forged = replace(forged, root=bytes(32), key_id=key_id_of(forged_certificate))
+        forged = replace(
+            forged, seal=forger.sign(forged.message, ec.ECDSA(hashes.SHA256()))
+        )
+        changed = [*checkpoints]
+        changed[3] = forged.to_json()
+        set_jsonl(files, "log/checkpoints.jsonl", changed)
+        files["certs/forger.pem"] = pem(forged_certificate)
+        relist(files)
+
+    verification = verify_bundle(damaged(history, tmp_path, edit))
+
+    where = f"[log] log/checkpoints.jsonl line 4 (size {size})"
+    assert named(verification, where, "checkpoint seal", "does not chain")
+    assert named(verification, where, "checkpoint time stamp", "imprint")
+    assert named(
+        verification,
+        "log/consistency.jsonl line 3",
+        f"does not prove that the checkpoint of size {size} extends",
+    )
+    assert named(
+        verification,
+        "log/consistency.jsonl line 4",
+        f"does not prove that the checkpoint of size {following} extends that of "
+        f"size {size}",
+    )
+
+
+def test_a_removed_checkpoint_is_named_by_the_proofs_that_need_it(
+    history: History, tmp_path: Path
+) -> None:
+    files = members(history.bundle)
+    checkpoints = jsonl(files, "log/checkpoints.jsonl")
+    before, removed, after = (c["size"] for c in checkpoints[3:6])
+
+    def edit(files: dict[str, bytes]) -> None:
+        set_jsonl(files, "log/checkpoints.jsonl", checkpoints[:4] + checkpoints[5:])
+        relist(files)
+
+    verification = verify_bundle(damaged(history, tmp_path, edit))
+
+    assert named(
+        verification,
+        "[log] log/consistency.jsonl line 4",
+        f"names the checkpoint of size {removed}",
+    )
+    assert named(
+        verification,
+        "[log] log/consistency.jsonl",
+        f"no proof that the checkpoint of size {after} extends that of size {before}",
+    )
+
+
+def test_a_broken_consistency_proof_is_named(history: History, tmp_path: Path) -> None:
+    def edit(files: dict[str, bytes]) -> None:
+        proofs = jsonl(files, "log/consistency.jsonl")
+        proofs[2]["proof"][0] = flipped(proofs[2]["proof"][0])
+        set_jsonl(files, "log/consistency.jsonl", proofs)
+
+    verification = verify_bundle(damaged(history, tmp_path, edit))
+
+    assert named(verification, "[log] log/consistency.jsonl line 3", "does not prove")
+    assert named(verification, "[manifest] log/consistency.jsonl", "changed")
+
+
+def test_a_changed_inclusion_proof_is_named_with_its_event(
+    history: History, tmp_path: Path
+) -> None:
+    files = members(history.bundle)
+    aggregate = jsonl(files, "events.jsonl")[6]["aggregate"]
+
+    def edit(files: dict[str, bytes]) -> None:
+        proofs = jsonl(files, "log/inclusion.jsonl")
+        proofs[6]["path"][-1] = flipped(proofs[6]["path"][-1])
+        set_jsonl(files, "log/inclusion.jsonl", proofs)
+
+    verification = verify_bundle(damaged(history, tmp_path, edit))
+
+    assert named(
+        verification, "[log] log/inclusion.jsonl line 7", aggregate, "does not lead"
+    )
+    assert sum("[log]" in fault for fault in faults(verification)) == 1
+
+
+def test_an_event_removed_with_its_inclusion_line_leaves_a_gap_in_the_log(
+    history: History, tmp_path: Path
+) -> None:
+    def edit(files: dict[str, bytes]) -> None:
+        for name in ("events.jsonl", "log/inclusion.jsonl"):
+            lines = files[name].splitlines(keepends=True)
+            del lines[9]
+            files[name] = b"".join(lines)
+
+    verification = verify_bundle(damaged(history, tmp_path, edit))
+
+    assert named(
+        verification,
+        "[log] log/inclusion.jsonl line 10",
+        "log position 10 does not follow 8",
+    )
+
+
+def test_a_stamp_swapped_with_another_events_is_named(
+    history: History, tmp_path: Path
+) -> None:
+    files = members(history.bundle)
+    first, second = timed_lines(files)[:2]
+    other = json.loads(jsonl(files, "events.jsonl")[second - 1]["header"])["stamp"]
+
+    def edit(files: dict[str, bytes]) -> None:
+        edit_header(files, first, lambda header: header.update(stamp=other))
+
+    verification = verify_bundle(damaged(history, tmp_path, edit))
+
+    assert named(
+        verification,
+        f"[time stamps] events.jsonl line {first}",
+        "the stamped tree does not hold this event's seal",
+    )
+    # The header is in the event's digest: its leaf no longer matches.
+    assert named(verification, f"[log] log/inclusion.jsonl line {first}", "leaf")
+
+
+def test_a_flipped_byte_in_a_stamp_token_is_named(
+    history: History, tmp_path: Path
+) -> None:
+    files = members(history.bundle)
+    line = timed_lines(files)[2]
+
+    def flip(header: dict) -> None:
+        token = bytearray(base64.b64decode(header["stamp"]["tst"]))
+        token[-1] ^= 0x01
+        header["stamp"]["tst"] = base64.b64encode(bytes(token)).decode()
+
+    verification = verify_bundle(
+        damaged(history, tmp_path, lambda files: edit_header(files, line, flip))
+    )
+
+    assert named(verification, f"[time stamps] events.jsonl line {line}", "time stamp:")
+    assert not named(verification, "[time stamps]", "no time stamp")
+
+
+def test_a_legally_timed_event_stripped_of_its_stamp_is_named(
+    history: History, tmp_path: Path
+) -> None:
+    files = members(history.bundle)
+    line = timed_lines(files)[0]
+
+    verification = verify_bundle(
+        damaged(
+            history,
+            tmp_path,
+            lambda files: edit_header(files, line, lambda h: h.pop("stamp")),
+        )
+    )
+
+    assert named(
+        verification,
+        f"[time stamps] events.jsonl line {line}",
+        "a legally timed event carries no time stamp",
+    )
+
+
 # The command line and gRPC.
 
 
@@ -747,6 +1031,35 @@ def test_each_store_exports_a_bundle_over_grpc_that_verifies(
     assert verification.clean, faults(verification)
     assert verification.findings.notes["events"]["events"] == pli.event_count()
     assert verification.findings.notes["key ceremony"]["events"] == 2
+    # The export logged the ceremony's events and sealed a checkpoint of them.
+    latest = verification.findings.notes["log"]["latest checkpoint"]
+    assert latest["size"] == pli.event_count()
+    assert latest["root"] == pli.runtime.log.latest_checkpoint().root.hex()
+
+
+def test_an_export_refuses_a_log_that_disagrees_with_its_events(
+    pli: Pli, tmp_path: Path
+) -> None:
+    decided(Frontend(pli), accept=True)
+    pli.run_processes()
+    with pli.runtime.log.datastore.transaction(commit=True) as cursor:
+        cursor.execute(
+            "UPDATE pli_log_leaves SET leaf_hash = "
+            "(SELECT leaf_hash FROM pli_log_leaves WHERE position = 0) "
+            "WHERE position = 2"
+        )
+    request = cpb.ExportBundleRequest(
+        start_time=timestamp(T0 - dt.timedelta(hours=1)),
+        end_time=timestamp(T0 + dt.timedelta(days=1)),
+    )
+
+    error = call_error(
+        compliance_pb2_grpc.ComplianceServiceStub(pli.channel).ExportBundle, request
+    )
+
+    assert error.code() == grpc.StatusCode.DATA_LOSS
+    assert "the leaf at log position 2 is not the hash of its event" in error.details()
+    assert not list((pli.runtime.settings.home / "exports").iterdir())
 
 
 def test_a_removed_key_ceremony_event_is_named(pli: Pli, tmp_path: Path) -> None:
