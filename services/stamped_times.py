@@ -27,6 +27,7 @@ __all__ = ["StampedTimes", "stamp_source"]
 
 logger = logging.getLogger(__name__)
 
+
 def stamp_source(info: StampInfo) -> str:
     """How a proof names the source of a stamped time."""
     label = "qualified" if info.qualified else "non-qualified"
