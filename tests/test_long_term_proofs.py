@@ -23,6 +23,7 @@ from dataclasses import replace
 from io import BytesIO
 from pathlib import Path
 
+import grpc
 import pytest
 from asn1crypto import crl as asn1_crl
 from asn1crypto import x509 as asn1_x509
@@ -457,3 +458,32 @@ def test_while_the_tsa_is_down_the_proof_builder_writes_nothing_then_catches_up(
     )  # fmt: skip
     assert report.returncode == 0, report.stdout + report.stderr
     assert "INTACT:TRUSTED,TIMESTAMP_TOKEN<INTACT:TRUSTED>" in report.stdout
+
+
+def test_a_proof_of_consent_answers_unavailable_while_the_tsa_is_down(
+    settings: Settings, clock: FixedClock
+) -> None:
+    down = replace(
+        settings,
+        tsa=replace(settings.tsa, url=f"http://127.0.0.1:{_free_port()}/", timeout=2.0),
+    )
+    running = start_server(down, clock, processes=False)
+    client = connect(running, clock)
+    try:
+        front = Frontend(client)
+        sender = front.sender()  # neither accounts nor consents are stamped
+        front.grant_consent(sender, "dominique@example.org")
+
+        with pytest.raises(grpc.RpcError) as failure:
+            client.consents.GetConsentProof(
+                cpb.GetConsentProofRequest(
+                    sender_account_id=sender.account_id,
+                    recipient_email="dominique@example.org",
+                )
+            )
+    finally:
+        client.channel.close()
+        running.stop(grace=0)
+
+    assert failure.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert "time-stamp authority" in (failure.value.details() or "")
