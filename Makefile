@@ -6,7 +6,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 SYSTEM_PACKAGES := softhsm2 opensc poppler-utils postgresql libpq5 \
-  fonts-dejavu-core xmlsec1
+  fonts-dejavu-core xmlsec1 libnss3-tools
 BUF := build/tools/node_modules/.bin/buf
 STAMP := $(VENV)/.installed
 export PLI_HOME ?= $(CURDIR)/var

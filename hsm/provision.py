@@ -283,7 +283,11 @@ def refresh_crl(
             "signature": signature,
         }
     )
-    path.write_bytes(crl.dump())
+    # Sealers and the CRL's HTTP server read the file while it is reissued;
+    # replacing it whole means they never see half a CRL.
+    scratch = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
+    scratch.write_bytes(crl.dump())
+    os.replace(scratch, path)
     logger.info("development root CRL issued number=%d", number)
     return [f"development root CRL {path} (number {number})"]
 

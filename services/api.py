@@ -53,6 +53,7 @@ from pli.infrastructure.letters import (
     check_deposit,
     iso,
 )
+from pli.infrastructure.timestamps import TimeStampUnavailable
 from pli.infrastructure.views import LetterViewStore
 from pli.services.evidence_store import (
     EvidenceEntry,
@@ -225,7 +226,7 @@ def _fail(context: grpc.ServicerContext, exc: Exception) -> None:
             "the sealing token or the event store is unavailable; nothing was stored",
             [error_info("SEALING_UNAVAILABLE")],
         )
-    if isinstance(exc, StampingUnavailable):
+    if isinstance(exc, StampingUnavailable | TimeStampUnavailable):
         logger.error("time-stamp authority unavailable")
         abort(
             context,
@@ -273,6 +274,7 @@ _MAPPED_ERRORS = (
     TokenUnavailable,
     OperationalError,
     StampingUnavailable,
+    TimeStampUnavailable,
     BrokenHistory,
     ContentMissing,
 )

@@ -409,6 +409,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
         stream=sys.stderr,
     )
+    # PDF seals gather their validation data offline on purpose
+    # (pli.hsm.long_term); pyHanko would warn about that at every seal.
+    logging.getLogger("pyhanko.sign.signers.pdf_signer").addFilter(
+        lambda record: "fetching is not allowed" not in record.getMessage()
+    )
     args = _parser().parse_args(argv)
     try:
         # An offline command reads no setting, so any machine can run it.

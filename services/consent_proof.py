@@ -8,7 +8,8 @@ version of the consent text, with which evidence reference, and any
 revocation; it lists the digests of the consent's sealed events, so an
 auditor ties the page to the event log. It is composed with the same
 building blocks as the letter proofs (``pli.services.proof_page``) and
-sealed as PAdES with the provider's seal key in the token.
+sealed like them, as PAdES baseline B-LT with the provider's seal key in the
+token.
 """
 
 from __future__ import annotations

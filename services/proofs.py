@@ -15,7 +15,9 @@ and is listed in the document catalog's ``/AF`` array (pyHanko's
 ``embed_file`` adds it there), besides the ``/EmbeddedFiles`` name tree.
 
 Sealing comes last (``pli.hsm.pades``), as the final incremental update, so
-the seal covers the page and the evidence alike. Proofs are written to
+the seal covers the page and the evidence alike; it is a PAdES baseline B-LT
+seal, time-stamped and carrying its certificates and CRLs, so the proof
+still validates long after they expired. Proofs are written to
 ``<proofs dir>/<letter id>/<proof kind>.pdf`` atomically; writing one again
 replaces it, which makes re-running the proof builder harmless.
 """

@@ -9,6 +9,7 @@ from cryptography import x509
 from pli.domain.clock import Clock
 from pli.domain.key_ceremony import KeyRole
 from pli.hsm.ceremony import development_root
+from pli.hsm.long_term import LongTermValidation
 from pli.hsm.pades import PdfSealer
 from pli.hsm.qualification import RoleQualification, load_qualified_roots
 from pli.hsm.seal import EventSealer, SealVerifier
@@ -26,7 +27,7 @@ from pli.infrastructure.oidc import IdTokenVerifier, load_trusted_issuers
 from pli.infrastructure.settings import Settings
 from pli.infrastructure.smtp import MailTransport, OutboxTransport, SmtpTransport
 from pli.infrastructure.stamping import TreeStamper
-from pli.infrastructure.timestamps import time_stamp_source
+from pli.infrastructure.timestamps import PyhankoTimeStamper, time_stamp_source
 from pli.infrastructure.transparency import LogStore, open_log_store
 from pli.infrastructure.views import LetterViewStore
 from pli.services.deposits import DepositAuthoriser
@@ -125,7 +126,17 @@ class Runtime:
         )
         evidence = EvidenceStore(letters, issuer, settings.proofs_dir)
         evidence_follower = EvidenceFollower(letters, views, evidence)
-        pdf_sealer = PdfSealer(settings.token)
+        # B-LT proofs: stamped by the configured TSA (the built-in one in this
+        # thread, as the sealer holds the PKCS#11 lock), validated offline.
+        pdf_sealer = PdfSealer(
+            settings.token,
+            lambda: PyhankoTimeStamper(stamps),
+            validation=LongTermValidation(
+                settings.token.certs_dir,
+                [*settings.tsa.trust_roots(settings.token.certs_dir), *qualified_roots],
+                token=token,
+            ),
+        )
         proof_builder = ProofBuilder(
             letters,
             views,

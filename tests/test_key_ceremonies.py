@@ -4,8 +4,9 @@ SoftHSM2 reads its configuration once per process, and the session's token
 must keep its keys, so every test here runs ``pli`` as a subprocess on a pli
 home (token, certificates, SQLite store) of its own. The operator's CA is
 made and operated with ``openssl``; requests are checked with ``openssl req
--verify``; proofs with ``pdfsig`` and ``pyhanko sign validate``; the token's
-content with OpenSC's ``pkcs11-tool``.
+-verify``; proofs with ``pdfsig`` and, as PAdES B-LT with no network at all,
+``pyhanko sign adesverify``; the token's content with OpenSC's
+``pkcs11-tool``.
 """
 
 from __future__ import annotations
@@ -18,12 +19,17 @@ import subprocess
 import sys
 import uuid
 from dataclasses import dataclass
+from io import BytesIO
 from pathlib import Path
 
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
+from pyhanko.pdf_utils.reader import PdfFileReader
+from pyhanko.sign.validation.dss import DocumentSecurityStore
+from reportlab.pdfgen import canvas
 
+from pli.hsm.pades import long_term_gaps
 from pli.hsm.seal import key_id_of
 
 BIN = Path(sys.executable).parent
@@ -97,6 +103,10 @@ class Home:
                 )
             )
         return found
+
+    def der(self, certificate: str) -> bytes:
+        pem = (self.certs / certificate).read_bytes()
+        return x509.load_pem_x509_certificate(pem).public_bytes(Encoding.DER)
 
     def key_id(self, certificate: str) -> str:
         return key_id_of(
@@ -181,6 +191,22 @@ class OperatorCa:
         out.write_bytes(leaf.read_bytes() + self.root.read_bytes())
         return out
 
+    def crl(self, out: Path) -> Path:
+        """The CA's current CRL (PEM, revoking nothing), as it publishes it."""
+        (self.folder / "ca.cnf").write_text(
+            "[ ca ]\ndefault_ca = operator\n[ operator ]\n"
+            "database = index.txt\ncrlnumber = crlnumber\n"
+            "default_md = sha256\ndefault_crl_days = 7\n"
+        )
+        (self.folder / "index.txt").touch()
+        (self.folder / "crlnumber").write_text("01\n")
+        openssl(
+            "ca", "-gencrl", "-config", "ca.cnf", "-keyfile", "ca.key",
+            "-cert", "ca.pem", "-out", str(out),
+            cwd=self.folder,
+        )  # fmt: skip
+        return out
+
 
 SEAL_EXTENSIONS = (
     "basicConstraints=critical,CA:FALSE\n"
@@ -201,19 +227,33 @@ def request(home: Home, role: str, out: Path, *extra: str) -> Path:
     return out
 
 
-def proof_verdicts(proof: Path, root: Path) -> tuple[str, str]:
-    """What pdfsig and ``pyhanko sign validate --trust`` say of a proof."""
+def dss_certificates(proof: Path) -> set[bytes]:
+    """The DER certificates in a PDF's document security store."""
+    reader = PdfFileReader(BytesIO(proof.read_bytes()))
+    return {c.dump() for c in DocumentSecurityStore.read_dss(reader).load_certs()}
+
+
+def proof_verdicts(proof: Path, *roots: Path) -> tuple[str, str]:
+    """What pdfsig and pyHanko's B-LT validation, offline, say of a proof.
+
+    ``pyhanko sign adesverify`` requires revocation data for every certificate
+    and runs with no network (``unshare --net``), trusting only ``roots``: it
+    finds the CRLs in the proof's DSS or fails. Its time stamp must be there.
+    """
     pdfsig = subprocess.run(
         ["pdfsig", str(proof)], capture_output=True, text=True, timeout=60
     ).stdout
+    trust = [option for root in roots for option in ("--trust", str(root))]
     pyhanko = subprocess.run(
         [
-            str(BIN / "pyhanko"), "sign", "validate", "--no-revocation-check",
-            "--trust", str(root), str(proof),
+            "unshare", "--net", str(BIN / "pyhanko"), "sign", "adesverify",
+            *trust, "--trust-replace", str(proof),
         ],
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert pyhanko.returncode == 0, pyhanko.stdout + pyhanko.stderr
+    assert "TIMESTAMP_TOKEN<INTACT:TRUSTED>" in pyhanko.stdout
+    assert long_term_gaps(proof.read_bytes()) == []
     return pdfsig, pyhanko.stdout
 
 
@@ -405,6 +445,8 @@ def test_the_operators_qualified_chain_is_installed_then_a_rotation_waits_for_it
     )  # fmt: skip
 
     installed = home.pli("hsm", "import-cert", "--key", "seal", str(chain))
+    # B-LT seals need the CA's CRL; pli reads it from the certificates folder.
+    ca.crl(home.certs / "example-root.crl")
     (letter,) = home.deposit("after-import")
 
     assert "certificate installed for key pli-seal: qualified" in installed.stdout
@@ -420,7 +462,8 @@ def test_the_operators_qualified_chain_is_installed_then_a_rotation_waits_for_it
     name, payload, _ = home.ceremonies()[-1]
     assert name == "CertificateInstalled" and payload["qualified"] is True
     proof = home.path / "proofs" / letter / "deposit.pdf"
-    pdfsig, pyhanko = proof_verdicts(proof, ca.root)
+    # The seal chains to the operator's root; the built-in TSA's to pli's.
+    pdfsig, pyhanko = proof_verdicts(proof, ca.root, home.certs / "root.pem")
     assert "Signature is Valid" in pdfsig and "Example seal" in pdfsig
     assert "INTACT:TRUSTED" in pyhanko
     evidence = subprocess.run(
@@ -474,12 +517,68 @@ def test_after_a_rotation_new_events_use_the_new_key_and_everything_older_verifi
         "KeyGenerated", "CertificateInstalled", "KeyRetired", "KeyActivated",
     ]  # fmt: skip
     assert {k for _, _, k in rotation} == {old_key}  # the old key's last seals
-    for letter, subject in [(before[0], "seal (non"), (after[0], "pli-seal.2")]:
-        pdfsig, pyhanko = proof_verdicts(
-            home.path / "proofs" / letter / "deposit.pdf", home.certs / "root.pem"
-        )
+    for letter, subject, leaf in [
+        (before[0], "seal (non", "seal.pem"),
+        (after[0], "pli-seal.2", "seal.2.pem"),
+    ]:
+        proof = home.path / "proofs" / letter / "deposit.pdf"
+        pdfsig, pyhanko = proof_verdicts(proof, home.certs / "root.pem")
         assert "Signature is Valid" in pdfsig and subject in pdfsig
         assert "INTACT:TRUSTED" in pyhanko
+        assert home.der(leaf) in dss_certificates(proof)
+
+
+# The seal keeps its time stamper, which learnt the TSA's certificates from its
+# first stamp; a rotation of the TSA key in another process must still reach
+# the DSS of the next proof.
+SEALING_PROCESS = """
+import sys
+from pathlib import Path
+from pli.infrastructure.settings import Settings
+from pli.services.runtime import Runtime
+
+runtime = Runtime.open(Settings.from_env())
+unsealed = Path(sys.argv[1]).read_bytes()
+for line in sys.stdin:
+    Path(line.strip()).write_bytes(runtime.pdf_sealer.seal(unsealed, reason="test"))
+    print("sealed", flush=True)
+runtime.close()
+"""
+
+
+def test_a_running_sealer_follows_a_rotation_of_the_tsa_key_into_the_dss(
+    tmp_path: Path,
+) -> None:
+    home = new_home(tmp_path)
+    unsealed = tmp_path / "unsealed.pdf"
+    page = canvas.Canvas(str(unsealed))
+    page.drawString(72, 720, "preuve (test)")
+    page.save()
+    sealing = subprocess.Popen(
+        [sys.executable, "-c", SEALING_PROCESS, str(unsealed)],
+        env=home.env(), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert sealing.stdin is not None and sealing.stdout is not None
+
+    def seal(name: str) -> Path:
+        sealing.stdin.write(f"{tmp_path / name}\n")
+        sealing.stdin.flush()
+        assert sealing.stdout.readline().strip() == "sealed"
+        return tmp_path / name
+
+    try:
+        before = seal("before.pdf")
+        home.pli("hsm", "rotate", "--key", "tsa")
+        after = seal("after.pdf")
+    finally:
+        sealing.stdin.close()
+        sealing.wait(timeout=60)
+
+    assert sealing.returncode == 0
+    for proof, tsa in [(before, "tsa.pem"), (after, "tsa.2.pem")]:
+        _, pyhanko = proof_verdicts(proof, home.certs / "root.pem")
+        assert "INTACT:TRUSTED" in pyhanko
+        assert home.der(tsa) in dss_certificates(proof)
 
 
 def test_a_retired_seal_key_stops_all_sealing_until_a_new_key_seals_itself(

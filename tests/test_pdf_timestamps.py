@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import socket
 import subprocess
+import sys
 from collections.abc import Iterator
 from io import BytesIO
 from pathlib import Path
@@ -28,6 +29,7 @@ from pyhanko.sign.validation import validate_pdf_signature
 from pyhanko_certvalidator import ValidationContext
 from reportlab.pdfgen import canvas
 
+from pli.hsm.pades import long_term_gaps
 from pli.hsm.provision import ROOT_CERT_FILE
 from pli.hsm.token import PKCS11_LOCK, SEAL_KEY_LABEL, TokenConfig
 from pli.hsm.tsa import TimeStampAuthority
@@ -114,6 +116,31 @@ def test_a_sealed_pdf_carries_a_valid_signature_time_stamp(
     path.write_bytes(sealed)
     pdfsig = subprocess.run(["pdfsig", path], capture_output=True, text=True)
     assert "Signature is Valid." in pdfsig.stdout
+
+
+def test_a_stamped_seal_without_its_validation_data_is_not_long_term(
+    pdf: bytes,
+    seal_signer: PKCS11Signer,
+    tsa_authority: TimeStampAuthority,
+    dev_root: x509.Certificate,
+    token_config: TokenConfig,
+    tmp_path: Path,
+) -> None:
+    """The control for the B-LT checks: offline, a bare stamped seal fails them."""
+    source = LocalTimeStampClient(tsa_authority, trust_roots=[dev_root])
+    path = tmp_path / "sealed.pdf"
+    path.write_bytes(seal(pdf, seal_signer, PyhankoTimeStamper(source)))
+
+    report = subprocess.run(
+        ["unshare", "--net", str(Path(sys.executable).parent / "pyhanko"), "sign",
+         "adesverify", "--trust", str(token_config.certs_dir / ROOT_CERT_FILE),
+         "--trust-replace", str(path)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+
+    assert report.returncode != 0
+    assert "no revocation information could be found" in report.stderr
+    assert long_term_gaps(path.read_bytes()) == ["no document security store"]
 
 
 def test_a_seal_fails_closed_when_the_tsa_is_down(

@@ -11,20 +11,23 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from datetime import UTC, datetime
 from io import BytesIO
 from pathlib import Path
 
 import pytest
+from pdf_stamps import built_in_stamper
 from pyhanko.keys import load_cert_from_pemder
 from pyhanko.pdf_utils.reader import PdfFileReader
+from pyhanko.sign.timestamps.api import TimeStamper
 from pyhanko.sign.validation import validate_pdf_signature
 from pyhanko_certvalidator import ValidationContext
 
+from pli.domain.clock import FixedClock
 from pli.hsm.pades import PdfSealer
-from pli.hsm.token import TokenConfig
+from pli.hsm.token import Token, TokenConfig
 from pli.services.proofs import (
     EVIDENCE_FILE,
     NON_QUALIFIED_LABEL,
@@ -35,6 +38,8 @@ from pli.services.proofs import (
     facts_from_evidence,
     render_proof,
 )
+
+from conftest import T0
 
 LETTER_ID = "3f6c1f0e-8a51-4c47-9d3e-5b0b3a8e2c11"
 DIGEST_A = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
@@ -100,9 +105,19 @@ ALL_KINDS = pytest.mark.parametrize("kind", list(ProofKind), ids=str)
 # Module scope: closing the sealer logs this process out of the token, which
 # the other test modules' token sessions expect to find logged out.
 @pytest.fixture(scope="module")
-def sealer(token_config: TokenConfig) -> Iterator[PdfSealer]:
+def stamper(token_config: TokenConfig) -> Iterator[Callable[[], TimeStamper]]:
+    """Time stampers of the session token's built-in TSA, at the tests' T0."""
+    token = Token(token_config)
+    yield built_in_stamper(token, FixedClock(T0))
+    token.close()
+
+
+@pytest.fixture(scope="module")
+def sealer(
+    token_config: TokenConfig, stamper: Callable[[], TimeStamper]
+) -> Iterator[PdfSealer]:
     """One sealer on the session's token, as the server holds one."""
-    sealer = PdfSealer(token_config)
+    sealer = PdfSealer(token_config, stamper)
     yield sealer
     sealer.close()
 
@@ -276,7 +291,9 @@ FRESH_PROCESS_SEAL = """
 import sys
 from pathlib import Path
 from pli.hsm.pades import PdfSealer
-from pli.hsm.token import TokenConfig, TokenUnavailable
+from pli.hsm.token import Token, TokenConfig, TokenUnavailable
+from pli.infrastructure.clock import SystemClock
+from pdf_stamps import built_in_stamper
 
 def attempt(sealer):
     try:
@@ -285,7 +302,8 @@ def attempt(sealer):
         return f"TokenUnavailable({type(exc.__cause__).__name__})"
     return "sealed"
 
-sealer = PdfSealer(TokenConfig.from_env(Path(sys.argv[1])))
+config = TokenConfig.from_env(Path(sys.argv[1]))
+sealer = PdfSealer(config, built_in_stamper(Token(config), SystemClock()))
 print(attempt(sealer))
 if len(sys.argv) > 3:
     Path(sys.argv[3]).write_text(Path(sys.argv[4]).read_text())
@@ -306,7 +324,7 @@ def seal_in_fresh_process(
     home = str(token_config.hsm_dir.parent)
     result = subprocess.run(
         [sys.executable, "-c", FRESH_PROCESS_SEAL, home, str(pdf), *args],
-        env={**environment, **env},
+        env={**environment, "PYTHONPATH": str(Path(__file__).parent), **env},
         capture_output=True,
         text=True,
         timeout=120,
@@ -341,9 +359,12 @@ def test_sealer_logs_in_again_once_the_pin_is_put_right(
 
 
 def test_second_sealer_in_a_process_joins_the_existing_login(
-    sealer: PdfSealer, token_config: TokenConfig, proofs: dict[ProofKind, Path]
+    sealer: PdfSealer,
+    stamper: Callable[[], TimeStamper],
+    token_config: TokenConfig,
+    proofs: dict[ProofKind, Path],
 ) -> None:
-    second = PdfSealer(token_config)
+    second = PdfSealer(token_config, stamper)
 
     sealed = second.seal(render_proof(ProofKind.DEPOSIT, DEPOSITED), reason="test")
 
