@@ -3,15 +3,20 @@
 The audit reads the stored events in commit order, checks each seal with
 the seal certificates alone (no token, no PIN), checks each chain link and
 version sequence per aggregate (letters, sender accounts, consents, the
-key ceremony log),
-rebuilds every letter view from the events and
-compares it with the stored view, checks that every attachment's stored
-bytes still match the digest the deposit bound, and rebuilds the
-transparency log from the events to compare it with the stored log and
-checkpoints (:mod:`pli.compliance.log_replay`). Each fault names the letter
-(aggregate), the version and the log position.
-Views are compared as of the projector's recorded position, so a server
-that is still running does not produce false alarms.
+key ceremony log), checks every time stamp against the trust anchors
+(:mod:`pli.compliance.stamp_replay`), follows the key ceremony log to check
+that each event was sealed, and each stamp signed, by a key in force at its
+log position (:mod:`pli.compliance.ceremony_replay`), rebuilds every letter
+view from the events and compares it with the stored view, checks that
+every attachment's stored bytes still match the digest the deposit bound,
+and rebuilds the transparency log from the events to compare it with the
+stored log and checkpoints (:mod:`pli.compliance.log_replay`).
+
+Each fault names the letter (aggregate), the version and the log position;
+so does each note, a finding that is no fault (something the audit could
+not check on an older store, say). Views are compared as of the projector's
+recorded position, so a server that is still running does not produce false
+alarms.
 """
 
 from __future__ import annotations
@@ -19,11 +24,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from eventsourcing.persistence import Notification, StoredEvent
 
+from pli.compliance.ceremony_replay import CeremonyReplay
+from pli.compliance.findings import Fault, Finding, Note, Report
 from pli.compliance.log_replay import LogReplay
+from pli.compliance.stamp_replay import StampReplay, StampTrust
 from pli.domain.letter import Letter
 from pli.infrastructure.checkpoints import Checkpoint
 from pli.infrastructure.content import ContentMissing
@@ -38,7 +46,7 @@ from pli.infrastructure.letters import LetterApplication, letter_view
 from pli.infrastructure.transparency import LogStore
 from pli.infrastructure.views import LetterViewStore
 
-__all__ = ["AuditReport", "Fault", "audit"]
+__all__ = ["AuditReport", "Fault", "Finding", "Note", "StampTrust", "audit"]
 
 logger = logging.getLogger(__name__)
 
@@ -46,26 +54,7 @@ _PAGE = 500
 _PROJECTOR = "letter-views"
 
 
-@dataclass(frozen=True)
-class Fault:
-    """One thing wrong, by letter, version (0: the whole) and log position.
-
-    ``letter_id`` is ``-`` for the log as a whole (a checkpoint, say) and
-    ``?`` for a row that cannot be decoded; ``position`` is the 0-based log
-    position, None for what is not in the log (a view, content).
-    """
-
-    letter_id: str
-    version: int
-    reason: str
-    position: int | None = None
-
-    def __str__(self) -> str:
-        position = "-" if self.position is None else str(self.position)
-        return (
-            f"FAULT letter={self.letter_id} version={self.version} "
-            f"position={position}: {self.reason}"
-        )
+F = TypeVar("F", bound=Finding)
 
 
 @dataclass
@@ -78,7 +67,13 @@ class AuditReport:
     views_compared: int = 0
     log_leaves: int = 0
     checkpoints: int = 0
+    checkpoint_stamps: int = 0
+    stamps: int = 0
+    ceremonies: int = 0
+    seal_keys: int = 0
+    tsa_keys: int = 0
     faults: list[Fault] = field(default_factory=list)
+    notes: list[Note] = field(default_factory=list)
 
     @property
     def clean(self) -> bool:
@@ -145,86 +140,152 @@ def audit(
     views: LetterViewStore,
     log: LogStore | None = None,
     *,
+    stamps: StampTrust,
     against: Checkpoint | None = None,
-    progress: Callable[[int], None] | None = None,
+    progress: Callable[[AuditReport], None] | None = None,
     progress_every: int = 10_000,
 ) -> AuditReport:
-    """Check every event, view, content file and the log; return the report.
+    """Check every event, stamp, key, view, content file and the log.
 
-    ``against`` is an auditor's earlier checkpoint the log must extend;
-    ``progress`` is called with the number of events checked so far, every
-    ``progress_every`` events.
+    ``stamps`` holds the trust anchors of time stamps; ``against`` is an
+    auditor's earlier checkpoint the log must extend; ``progress`` is called
+    with the report so far every ``progress_every`` events.
     """
-    report = AuditReport()
-    chains: dict[str, _Chain] = {}
-    projected_to = views.position(_PROJECTOR)
-    store = letters.sealed_events
-    replay = None
-    if log is not None:
-        replay = LogReplay(log, store.verifier, _reporter(report), against=against)
-    for notification in _notifications(letters, report):
-        report.events += 1
-        position = replay.feed(notification) if replay is not None else None
-        _audit_event(
-            letters, store, chains, notification, projected_to, report, position
+    run = _Audit(letters, views, log, stamps, against)
+    for notification in _notifications(letters, run.report):
+        run.event(notification)
+        if progress is not None and run.report.events % progress_every == 0:
+            progress(run.counted())
+    return run.finish()
+
+
+class _Audit:
+    """One run of the audit: the replays, the chains, and the report."""
+
+    def __init__(
+        self,
+        letters: LetterApplication,
+        views: LetterViewStore,
+        log: LogStore | None,
+        stamps: StampTrust,
+        against: Checkpoint | None,
+    ) -> None:
+        self.letters = letters
+        self.views = views
+        self.store = letters.sealed_events
+        self.report = AuditReport()
+        self.chains: dict[str, _Chain] = {}
+        self.projected_to = views.position(_PROJECTOR)
+        fault = _reporter(self.report.faults, Fault)
+        note = _reporter(self.report.notes, Note)
+        self.log: LogReplay | None = None
+        if log is not None:
+            self.log = LogReplay(
+                log, self.store.verifier, fault, against=against, stamps=stamps
+            )
+        self.stamps = StampReplay(stamps, letters.stamped_topics, fault, note)
+        self.ceremonies = CeremonyReplay(fault, note, outside_tsa=stamps.outside_tsa)
+
+    def event(self, notification: Notification) -> None:
+        """Check one stored event, in commit order."""
+        self.report.events += 1
+        position = None if self.log is None else self.log.feed(notification)
+        letter_id = str(notification.originator_id)
+        version = notification.originator_version
+        chain = self.chains.setdefault(letter_id, _Chain())
+        envelope = _envelope(notification)
+        fault = _check_event(self.store, chain, notification, envelope)
+        if fault:
+            self.report.faults.append(Fault(letter_id, version, fault, position))
+            chain.broken = True
+        # Follow the chain as stored, so each later fault is reported on its own.
+        chain.version = version
+        if isinstance(notification.state, bytes):
+            chain.digest = event_digest(
+                letter_id, version, notification.topic, notification.state
+            )
+        # Only an event whose own seal and link verify is read: its payload is
+        # what was sealed.
+        event = None if fault else self.letters.mapper.to_domain_event(notification)
+        if envelope is not None:
+            self._check_keys_and_stamp(notification, position, envelope, event)
+        if chain.broken or event is None:
+            return
+        chain.aggregate = event.mutate(chain.aggregate)
+        if notification.id <= self.projected_to:
+            chain.projected_version = version
+
+    def _check_keys_and_stamp(
+        self,
+        notification: Notification,
+        position: int | None,
+        envelope: Envelope,
+        event: Any,
+    ) -> None:
+        letter_id = str(notification.originator_id)
+        version = notification.originator_version
+        recorded = None if event is None else event.timestamp
+        stamp = self.stamps.feed(
+            letter_id, version, position, notification.topic, envelope, recorded
         )
-        if progress is not None and report.events % progress_every == 0:
-            progress(report.events)
-    if replay is not None:
-        replay.finish()
-        report.log_leaves = replay.from_leaves.size
-        report.checkpoints = replay.checkpoints_checked
-    report.aggregates = len(chains)
-    report.letters = sum(isinstance(c.aggregate, Letter) for c in chains.values())
-    _compare_views(chains, views, report)
-    _check_content(letters, chains, report)
-    return report
+        if stamp is not None:
+            self.ceremonies.check_tsa(
+                letter_id, version, position, stamp.tsa_certificate
+            )
+        self.ceremonies.feed(
+            letter_id, version, position, notification.topic, envelope.key_id, event
+        )
+
+    def counted(self) -> AuditReport:
+        """The report, with the replays' counts brought up to date."""
+        report = self.report
+        report.stamps = self.stamps.checked
+        report.ceremonies = self.ceremonies.ceremonies
+        report.seal_keys = self.ceremonies.seal_keys_checked
+        report.tsa_keys = self.ceremonies.tsa_keys_checked
+        if self.log is not None:
+            report.log_leaves = self.log.from_leaves.size
+            report.checkpoints = self.log.checkpoints_checked
+            report.checkpoint_stamps = self.log.stamped_checkpoints
+        return report
+
+    def finish(self) -> AuditReport:
+        """Check what needs every event seen: the log, views, content."""
+        if self.log is not None:
+            self.log.finish()
+        self.ceremonies.finish()
+        report = self.counted()
+        report.aggregates = len(self.chains)
+        report.letters = sum(
+            isinstance(c.aggregate, Letter) for c in self.chains.values()
+        )
+        _compare_views(self.chains, self.views, report)
+        _check_content(self.letters, self.chains, report)
+        return report
 
 
-def _reporter(report: AuditReport) -> Callable[[str, int, int | None, str], None]:
+def _reporter(findings: list[F], kind: type[F]) -> Report:
     def add(letter_id: str, version: int, position: int | None, reason: str) -> None:
-        report.faults.append(Fault(letter_id, version, reason, position))
+        findings.append(kind(letter_id, version, reason, position))
 
     return add
 
 
-def _audit_event(
-    letters: LetterApplication,
-    store: Any,
-    chains: dict[str, _Chain],
-    notification: Notification,
-    projected_to: int,
-    report: AuditReport,
-    position: int | None,
-) -> None:
-    letter_id = str(notification.originator_id)
-    chain = chains.setdefault(letter_id, _Chain())
-    fault = _check_event(store, chain, notification)
-    if fault:
-        version = notification.originator_version
-        report.faults.append(Fault(letter_id, version, fault, position))
-        chain.broken = True
-    # Follow the chain as stored, so each later fault is reported on its own.
-    chain.version = notification.originator_version
-    if isinstance(notification.state, bytes):
-        chain.digest = event_digest(
-            letter_id, chain.version, notification.topic, notification.state
-        )
-    if chain.broken:
-        return
-    chain.aggregate = _apply(letters, chain.aggregate, notification)
-    if notification.id <= projected_to:
-        chain.projected_version = notification.originator_version
+def _envelope(notification: Notification) -> Envelope | None:
+    try:
+        return Envelope.from_bytes(notification.state)
+    except MalformedEnvelope:
+        return None
 
 
-def _check_event(store: Any, chain: _Chain, notification: Notification) -> str:
+def _check_event(
+    store: Any, chain: _Chain, notification: Notification, envelope: Envelope | None
+) -> str:
     version = notification.originator_version
     if version != chain.version + 1:
         expected = chain.version + 1
         return f"version out of sequence (expected {expected}): an event is missing"
-    try:
-        envelope = Envelope.from_bytes(notification.state)
-    except MalformedEnvelope:
+    if envelope is None:
         return "stored state is not a sealed envelope"
     if envelope.previous != chain.digest:
         return "chain link broken: previous-event digest does not match"
@@ -261,13 +322,6 @@ def _check_content(
                         f"content of attachment {index} is missing or changed",
                     )
                 )
-
-
-def _apply(
-    letters: LetterApplication, aggregate: Any, notification: Notification
-) -> Any:
-    event = letters.mapper.to_domain_event(notification)
-    return event.mutate(aggregate)
 
 
 def _compare_views(

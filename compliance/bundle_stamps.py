@@ -17,58 +17,22 @@ whose TSA certificate the bundle does not hold.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
-from collections import OrderedDict
-from collections.abc import Sequence
 
-from cryptography import x509
 from eventsourcing.utils import get_topic
 
 from pli.compliance.bundle_format import EVENTS, EventRecord, iso_utc
 from pli.compliance.bundle_io import BundleWriter, ScannedEvent
 from pli.compliance.bundle_sources import CheckSource, ExportSource
-from pli.hsm.timestamp import BadTimeStamp, StampInfo, check_token
+from pli.hsm.timestamp import BadTimeStamp
 from pli.infrastructure.envelope import MalformedEnvelope
 from pli.infrastructure.letters import LEGALLY_TIMED_EVENTS
-from pli.infrastructure.stamping import stamped_root
+from pli.infrastructure.stamping import EventStampChecker
 
 __all__ = ["LEGALLY_TIMED_TOPICS", "TimeStampsChecker", "TimeStampsExporter"]
 
 PART = "time stamps"
 
 LEGALLY_TIMED_TOPICS = frozenset(get_topic(event) for event in LEGALLY_TIMED_EVENTS)
-# Events stamped together are close in the log: a few hundred tokens suffice.
-_REMEMBERED = 256
-
-
-class _TokenChecks:
-    """``check_token`` once per distinct token, the last few outcomes kept."""
-
-    def __init__(self, anchors: Sequence[x509.Certificate]) -> None:
-        self.anchors = list(anchors)
-        self._outcomes: OrderedDict[bytes, StampInfo | str] = OrderedDict()
-
-    def check(self, token: bytes, root: bytes) -> StampInfo:
-        """The checked stamp; raises BadTimeStamp as ``check_token`` does.
-
-        ``root`` is what the token itself claims to stamp, so the outcome
-        depends on the token alone.
-        """
-        key = hashlib.sha256(token).digest()
-        outcome = self._outcomes.get(key)
-        if outcome is None:
-            try:
-                outcome = check_token(token, digest=root, trust_roots=self.anchors)
-            except BadTimeStamp as exc:
-                outcome = exc.reason
-            self._outcomes[key] = outcome
-            if len(self._outcomes) > _REMEMBERED:
-                self._outcomes.popitem(last=False)
-        else:
-            self._outcomes.move_to_end(key)
-        if isinstance(outcome, str):
-            raise BadTimeStamp(outcome)
-        return outcome
 
 
 class TimeStampsExporter:
@@ -89,7 +53,7 @@ class TimeStampsChecker:
 
     def __init__(self, source: CheckSource) -> None:
         self.findings = source.findings
-        self.tokens = _TokenChecks(source.trust.anchors)
+        self.stamps = EventStampChecker(trust_roots=source.trust.anchors)
         self.bundled = set(source.trust.certificate_files.values())
         self._timed = 0
         self._valid = 0
@@ -114,8 +78,7 @@ class TimeStampsChecker:
             return
         message = record.seal_message(envelope.previous)
         try:
-            root = stamped_root(envelope, message)
-            stamp = self.tokens.check(envelope.stamp.token, root)
+            stamp = self.stamps.check(envelope, message)
         except BadTimeStamp as exc:
             self.findings.fault(PART, where, f"time stamp: {exc.reason}")
             return

@@ -11,6 +11,10 @@ which checks the log as it goes, in pages, never holding the log in memory:
   its seal and time stamp, and, between successive checkpoints, a
   consistency proof from the stored subtrees; a checkpoint larger than the
   log shows a truncated log;
+- with the auditor's trust anchors, each checkpoint's time stamp in full
+  (its authority's signature and chain), that the stamps of successive
+  checkpoints go forward, and that a stamp lies within the tolerance of the
+  time its checkpoint states (it is taken as the checkpoint is sealed);
 - optionally an auditor's earlier checkpoint: the rebuilt log must extend it,
   and the stored log must prove it consistent with the latest checkpoint.
 
@@ -21,14 +25,22 @@ audit, so a live system produces no false alarm.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import datetime as dt
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from eventsourcing.persistence import Notification
 
+from pli.compliance.findings import NO_LETTER, Report
+from pli.compliance.stamp_replay import StampTrust, duration_text, time_text
 from pli.hsm.seal import SealVerifier
+from pli.hsm.timestamp import BadTimeStamp
 from pli.infrastructure import merkle
-from pli.infrastructure.checkpoints import Checkpoint, checkpoint_problems
+from pli.infrastructure.checkpoints import (
+    Checkpoint,
+    checkpoint_problems,
+    checkpoint_stamp,
+)
 from pli.infrastructure.transparency import (
     LogEntry,
     LogStore,
@@ -36,13 +48,10 @@ from pli.infrastructure.transparency import (
     event_leaf,
 )
 
-__all__ = ["LogReplay", "Report"]
+__all__ = ["LogReplay"]
 
-Report = Callable[[str, int, int | None, str], None]
-"""Receives one fault: letter (aggregate) id, version, log position, reason."""
 
 _PAGE = 500
-_NO_LETTER = "-"
 
 
 @dataclass(frozen=True)
@@ -63,11 +72,15 @@ class LogReplay:
         verifier: SealVerifier,
         report: Report,
         against: Checkpoint | None = None,
+        stamps: StampTrust | None = None,
     ) -> None:
         self.log = log
         self.verifier = verifier
         self.report = report
         self.against = against
+        self.stamps = stamps
+        self.stamped_checkpoints = 0
+        self._previous_stamp: tuple[int, dt.datetime] | None = None
         latest = log.latest_checkpoint()
         # Read in this order, each bound is at least as far as the one before.
         tracked = log.tracked()
@@ -159,7 +172,7 @@ class LogReplay:
             # The subtrees past a gap cannot be rebuilt from the leaves.
             self._leaves_gap = True
             self.report(
-                _NO_LETTER,
+                NO_LETTER,
                 0,
                 expected,
                 f"log positions {expected} to {entry.position - 1} are missing",
@@ -205,8 +218,9 @@ class LogReplay:
         checkpoint = self._checkpoint
         assert checkpoint is not None
         self.checkpoints_checked += 1
-        for problem in checkpoint_problems(checkpoint, self.verifier):
+        for problem in self._problems(checkpoint):
             self._checkpoint_fault(checkpoint, problem)
+        self._check_stamp_time(checkpoint)
         if checkpoint.size > self.snapshot.size:
             self._checkpoint_fault(
                 checkpoint,
@@ -218,6 +232,38 @@ class LogReplay:
         self._previous = checkpoint
         self._checkpoint = next(self._checkpoints, None)
         return checkpoint
+
+    def _problems(self, checkpoint: Checkpoint) -> list[str]:
+        trust_roots = None if self.stamps is None else self.stamps.trust_roots
+        return checkpoint_problems(checkpoint, self.verifier, trust_roots=trust_roots)
+
+    def _check_stamp_time(self, checkpoint: Checkpoint) -> None:
+        """Stamps of successive checkpoints go forward, each near its checkpoint."""
+        if self.stamps is None or checkpoint.stamp is None:
+            return
+        self.stamped_checkpoints += 1
+        try:
+            info = checkpoint_stamp(checkpoint, trust_roots=self.stamps.trust_roots)
+        except BadTimeStamp:
+            return  # already reported with the checkpoint's problems
+        assert info is not None
+        previous = self._previous_stamp
+        if previous is not None and info.time < previous[1]:
+            self._checkpoint_fault(
+                checkpoint,
+                f"time stamp {time_text(info.time)} precedes that of the checkpoint "
+                f"of size {previous[0]} ({time_text(previous[1])})",
+            )
+        else:
+            self._previous_stamp = (checkpoint.size, info.time)
+        gap = abs(info.time - checkpoint.time)
+        if gap > self.stamps.tolerance:
+            self._checkpoint_fault(
+                checkpoint,
+                f"time stamp {time_text(info.time)} is {duration_text(gap)} "
+                f"from the checkpoint's time ({time_text(checkpoint.time)}); at "
+                f"most {duration_text(self.stamps.tolerance)} is allowed",
+            )
 
     def _check_consistency(self, first: Checkpoint, second: Checkpoint) -> None:
         try:
@@ -235,7 +281,7 @@ class LogReplay:
 
     def _checkpoint_fault(self, checkpoint: Checkpoint, reason: str) -> None:
         size = checkpoint.size
-        self.report(_NO_LETTER, 0, size, f"checkpoint of size {size}: {reason}")
+        self.report(NO_LETTER, 0, size, f"checkpoint of size {size}: {reason}")
 
     # Finishing.
 
@@ -257,7 +303,7 @@ class LogReplay:
             self._check_against(self.against)
 
     def _check_against(self, against: Checkpoint) -> None:
-        for problem in checkpoint_problems(against, self.verifier):
+        for problem in self._problems(against):
             self._against_fault(against, problem)
         if self.against_root is None:
             self._against_fault(
@@ -285,7 +331,7 @@ class LogReplay:
 
     def _against_fault(self, against: Checkpoint, reason: str) -> None:
         self.report(
-            _NO_LETTER,
+            NO_LETTER,
             0,
             against.size,
             f"auditor's checkpoint of size {against.size}: {reason}",
@@ -328,10 +374,10 @@ class LogReplay:
             where = f"subtree of log positions {first} to {first + (1 << level) - 1}"
             found = stored.get((level, index))
             if found is None:
-                self.report(_NO_LETTER, 0, first, f"the log lacks the {where}")
+                self.report(NO_LETTER, 0, first, f"the log lacks the {where}")
             elif found != value:
                 self.report(
-                    _NO_LETTER,
+                    NO_LETTER,
                     0,
                     first,
                     f"the stored {where} disagrees with its leaves",

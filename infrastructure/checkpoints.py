@@ -28,13 +28,15 @@ import base64
 import binascii
 import datetime as dt
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from asn1crypto import cms, tsp
+from cryptography import x509
 
 from pli.hsm.seal import EventSealer, Seal, SealVerifier, UnknownSealKey
+from pli.hsm.timestamp import BadTimeStamp, StampInfo, check_token
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -42,6 +44,7 @@ __all__ = [
     "MalformedCheckpoint",
     "Stamper",
     "checkpoint_problems",
+    "checkpoint_stamp",
     "seal_checkpoint",
 ]
 
@@ -153,12 +156,18 @@ def seal_checkpoint(
     return Checkpoint(size, root, moment, seal.key_id, seal.signature, stamp)
 
 
-def checkpoint_problems(checkpoint: Checkpoint, verifier: SealVerifier) -> list[str]:
+def checkpoint_problems(
+    checkpoint: Checkpoint,
+    verifier: SealVerifier,
+    *,
+    trust_roots: Sequence[x509.Certificate] | None = None,
+) -> list[str]:
     """What is wrong with a checkpoint's seal and time stamp (empty when fine).
 
-    The time stamp is checked to cover this checkpoint's message; the time
-    stamp's own signature and its authority's certificate are not checked
-    here (the README lists this among the limitations).
+    With ``trust_roots`` the time stamp is checked in full
+    (:func:`checkpoint_stamp`): its authority's signature and certificate
+    chain as well as what it covers. Without, it is only checked to cover
+    this checkpoint's message, for a caller that has no trust anchors.
     """
     problems: list[str] = []
     try:
@@ -170,12 +179,39 @@ def checkpoint_problems(checkpoint: Checkpoint, verifier: SealVerifier) -> list[
         problems.append(f"checkpoint sealed by unknown key {checkpoint.key_id}")
     except ValueError:
         problems.append("checkpoint seal is malformed")
-    if checkpoint.stamp is not None:
-        problems += _stamp_problems(checkpoint)
+    if checkpoint.stamp is None:
+        return problems
+    if trust_roots is None:
+        return problems + _imprint_problems(checkpoint)
+    try:
+        checkpoint_stamp(checkpoint, trust_roots=trust_roots)
+    except BadTimeStamp as bad:
+        problems.append(f"checkpoint time stamp does not verify: {bad.reason}")
     return problems
 
 
-def _stamp_problems(checkpoint: Checkpoint) -> list[str]:
+def checkpoint_stamp(
+    checkpoint: Checkpoint,
+    *,
+    trust_roots: Sequence[x509.Certificate],
+    qualified_roots: Sequence[x509.Certificate] = (),
+) -> StampInfo | None:
+    """A checkpoint's checked time stamp, None when it carries none.
+
+    Raises :class:`BadTimeStamp` when the token does not cover this
+    checkpoint's message or its authority's signature or chain fails.
+    """
+    if checkpoint.stamp is None:
+        return None
+    return check_token(
+        checkpoint.stamp,
+        digest=hashlib.sha256(checkpoint.message).digest(),
+        trust_roots=trust_roots,
+        qualified_roots=qualified_roots,
+    )
+
+
+def _imprint_problems(checkpoint: Checkpoint) -> list[str]:
     try:
         signed = cms.ContentInfo.load(checkpoint.stamp)["content"]
         info = signed["encap_content_info"]["content"].parsed

@@ -14,12 +14,18 @@ the token's message imprint.
 request is in flight, the events of other threads queue up, and the next
 request carries them all. With ``batching=False`` every call makes its own
 request (over the events of that call only), which the benchmark compares.
+
+:class:`EventStampChecker` checks stored stamps offline, as the audit does
+for every event: each event's inclusion path, and each distinct token once,
+since events stamped together share their token.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -31,7 +37,13 @@ from pli.infrastructure import merkle
 from pli.infrastructure.envelope import Envelope, EventStamp, stamp_leaf_input
 from pli.infrastructure.event_store import StampingUnavailable
 
-__all__ = ["DigestStamper", "TreeStamper", "check_event_stamp", "stamped_root"]
+__all__ = [
+    "DigestStamper",
+    "EventStampChecker",
+    "TreeStamper",
+    "check_event_stamp",
+    "stamped_root",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -187,3 +199,53 @@ def stamped_root(envelope: Envelope, message: bytes) -> bytes:
     if not merkle.verify_inclusion(leaf, stamp.index, stamp.size, stamp.path, root):
         raise BadTimeStamp("the stamped tree does not hold this event's seal")
     return root
+
+
+class EventStampChecker:
+    """:func:`check_event_stamp` for many events, checking each token once.
+
+    The outcome of a token's check (its :class:`StampInfo` or the reason it
+    failed) is kept for the ``remembered`` most recent tokens: events stamped
+    by one request are stored next to each other.
+    """
+
+    def __init__(
+        self,
+        *,
+        trust_roots: Sequence[x509.Certificate],
+        qualified_roots: Sequence[x509.Certificate] = (),
+        remembered: int = 1024,
+    ) -> None:
+        self.trust_roots = list(trust_roots)
+        self.qualified_roots = list(qualified_roots)
+        self.remembered = remembered
+        self._outcomes: OrderedDict[bytes, StampInfo | str] = OrderedDict()
+
+    def check(self, envelope: Envelope, message: bytes) -> StampInfo:
+        """The event's checked stamp; raises :class:`BadTimeStamp`."""
+        root = stamped_root(envelope, message)
+        assert envelope.stamp is not None
+        token = envelope.stamp.token
+        key = hashlib.sha256(token).digest()
+        outcome = self._outcomes.get(key)
+        if outcome is None:
+            outcome = self._check_token(token, root)
+            self._outcomes[key] = outcome
+            if len(self._outcomes) > self.remembered:
+                self._outcomes.popitem(last=False)
+        else:
+            self._outcomes.move_to_end(key)
+        if isinstance(outcome, str):
+            raise BadTimeStamp(outcome)
+        return outcome
+
+    def _check_token(self, token: bytes, root: bytes) -> StampInfo | str:
+        try:
+            return check_token(
+                token,
+                digest=root,
+                trust_roots=self.trust_roots,
+                qualified_roots=self.qualified_roots,
+            )
+        except BadTimeStamp as bad:
+            return bad.reason

@@ -13,7 +13,7 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 
-from pli.compliance.audit import audit
+from pli.compliance.audit import AuditReport, StampTrust, audit
 from pli.domain.clock import FixedClock
 from pli.hsm.provision import ROOT_CRL_FILE
 from pli.hsm.qualification import QualificationError
@@ -83,12 +83,14 @@ def _audit_verify(settings: Settings, args: argparse.Namespace) -> int:
         except (OSError, UnicodeDecodeError, MalformedCheckpoint) as exc:
             print(f"pli: --against {args.against}: {exc}", file=sys.stderr)
             return 2
+    stamps = StampTrust.from_settings(settings)
     runtime = Runtime.open(settings)
     try:
         report = audit(
             runtime.letters,
             runtime.views,
             runtime.log,
+            stamps=stamps,
             against=against,
             progress=None if args.quiet else _progress,
             progress_every=args.progress_every,
@@ -97,18 +99,32 @@ def _audit_verify(settings: Settings, args: argparse.Namespace) -> int:
         runtime.close()
     for fault in report.faults:
         print(fault)
+    for note in report.notes:
+        print(note)
     verdict = "clean" if report.clean else f"{len(report.faults)} fault(s)"
+    if report.notes:
+        verdict += f", {len(report.notes)} note(s)"
     extends = ""
     if against is not None and report.clean:
         extends = f", extends the auditor's checkpoint of size {against.size}"
     print(
         f"audit: {report.events} events of {report.aggregates} aggregates "
         f"({report.letters} letters) checked, "
+        f"{_stamps_and_keys(report)}, "
         f"{report.views_compared} views compared, "
         f"{report.log_leaves} log leaves and {report.checkpoints} checkpoints "
+        f"({report.checkpoint_stamps} time-stamped) "
         f"checked{extends}: {verdict}"
     )
     return 0 if report.clean else 1
+
+
+def _stamps_and_keys(report: AuditReport) -> str:
+    return (
+        f"{report.stamps} time stamps checked, the keys of {report.seal_keys} "
+        f"seals and {report.tsa_keys} stamps checked against "
+        f"{report.ceremonies} key ceremony events"
+    )
 
 
 def _compliance_export(settings: Settings, args: argparse.Namespace) -> int:
@@ -153,8 +169,12 @@ def _compliance_export(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-def _progress(events: int) -> None:
-    print(f"audit: {events} events checked so far", file=sys.stderr, flush=True)
+def _progress(report: AuditReport) -> None:
+    print(
+        f"audit: {report.events} events checked so far, {_stamps_and_keys(report)}",
+        file=sys.stderr,
+        flush=True,
+    )
 
 
 def _positive(text: str) -> int:

@@ -20,40 +20,50 @@ from pli.services.runtime import Runtime
 ACCOUNT = uuid.UUID("6f1c1c1e-1d2b-4d0e-9d3e-0b5c7c1a2f10")
 
 
+def ensure_account(runtime: Runtime) -> None:
+    """Register the sender account the letters come from, once."""
+    try:
+        runtime.accounts.get(ACCOUNT)
+    except SenderAccountNotFound:
+        runtime.accounts.register(
+            ACCOUNT,
+            name="SCI Exemple",
+            email="gestion@sci-exemple.fr",
+            assurance=Assurance.SUBSTANTIAL,
+            method="notified-eid",
+            verifier_reference="franceconnect-check-1",
+        )
+
+
+def ere_request(key: str) -> DepositRequest:
+    """An ERE letter to a professional, its content made from ``key``."""
+    return DepositRequest(
+        kind=LetterKind.ERE,
+        sender_account_id=ACCOUNT,
+        recipient=Recipient(
+            email="camille@example.org",
+            type=RecipientType.PROFESSIONAL,
+            given_names="Camille",
+            family_name="Martin",
+        ),
+        subject="Mise en demeure",
+        attachments=[
+            NewAttachment(
+                "mise-en-demeure.pdf",
+                "application/pdf",
+                b"%PDF-1.4\n" + key.encode(),
+            )
+        ],
+    )
+
+
 def main(keys: list[str]) -> None:
     """Deposit one letter per key and let notifier and proof builder run."""
     runtime = Runtime.open(Settings.from_env())
     try:
-        try:
-            runtime.accounts.get(ACCOUNT)
-        except SenderAccountNotFound:
-            runtime.accounts.register(
-                ACCOUNT,
-                name="SCI Exemple",
-                email="gestion@sci-exemple.fr",
-                assurance=Assurance.SUBSTANTIAL,
-                method="notified-eid",
-                verifier_reference="franceconnect-check-1",
-            )
+        ensure_account(runtime)
         for key in keys:
-            request = DepositRequest(
-                kind=LetterKind.ERE,
-                sender_account_id=ACCOUNT,
-                recipient=Recipient(
-                    email="camille@example.org",
-                    type=RecipientType.PROFESSIONAL,
-                    given_names="Camille",
-                    family_name="Martin",
-                ),
-                subject="Mise en demeure",
-                attachments=[
-                    NewAttachment(
-                        "mise-en-demeure.pdf",
-                        "application/pdf",
-                        b"%PDF-1.4\n" + key.encode(),
-                    )
-                ],
-            )
+            request = ere_request(key)
             letter, _ = runtime.letters.deposit(
                 key, request, runtime.authoriser(request, "")
             )

@@ -20,11 +20,16 @@ from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 
 from pli.domain.clock import FixedClock
 from pli.hsm.timestamp import BadTimeStamp, check_token, stamped_digest
+from pli.hsm.tsa import TimeStampAuthority
 from pli.infrastructure import merkle
 from pli.infrastructure.envelope import Envelope, seal_message, stamp_leaf_input
 from pli.infrastructure.letters import LetterApplication
 from pli.infrastructure.settings import Settings
-from pli.infrastructure.stamping import TreeStamper, check_event_stamp
+from pli.infrastructure.stamping import (
+    EventStampChecker,
+    TreeStamper,
+    check_event_stamp,
+)
 from pli.infrastructure.timestamps import LocalTimeStampClient
 from pli.services.server import start_server
 
@@ -124,6 +129,25 @@ def test_a_stamp_moved_to_another_event_fails(
         check_event_stamp(
             borrowed, seal_message_of(first, borrowed), trust_roots=[dev_root]
         )
+
+
+def test_the_checker_checks_a_token_shared_by_a_batch_once_and_each_leaf_alone(
+    tsa_authority: TimeStampAuthority, dev_root: x509.Certificate
+) -> None:
+    stamper = TreeStamper(LocalTimeStampClient(tsa_authority, trust_roots=[dev_root]))
+    leaves = [stamp_leaf_input(b"event %d" % n, b"seal %d" % n) for n in range(3)]
+    envelopes = [
+        Envelope(b"", "0" * 64, "key", b"seal %d" % n, stamp)
+        for n, stamp in enumerate(stamper.stamp_leaves(leaves))
+    ]
+    checker = EventStampChecker(trust_roots=[dev_root], remembered=1)
+    shared = checker.check(envelopes[0], b"event 0")
+
+    assert stamper.requests == 1
+    checked = [checker.check(e, b"event %d" % n) for n, e in enumerate(envelopes)]
+    assert checked == [shared] * 3
+    with pytest.raises(BadTimeStamp, match="does not hold this event's seal"):
+        checker.check(envelopes[1], b"event 2")
 
 
 def _closed_port() -> int:

@@ -250,6 +250,40 @@ def test_a_stamped_checkpoint_carries_an_rfc3161_token_over_its_message(
     ]
 
 
+def test_with_trust_anchors_a_checkpoint_stamp_is_checked_for_its_authority(
+    pli: Pli, two_letters: tuple[str, str], tmp_path: Path
+) -> None:
+    tsa = OpensslTsa(tmp_path / "tsa")
+    runtime = pli.runtime
+    Frontend(pli).deposit()  # a size no checkpoint has yet
+    runtime.log_appender.run_until_idle()
+    checkpoint = Checkpointer(
+        runtime.log, runtime.checkpointer.sealer, pli.clock, stamper=tsa
+    ).checkpoint_now()
+    assert checkpoint.stamp is not None
+    tsa_root = x509.load_pem_x509_certificate(tsa.certificate.read_bytes())
+    dev_root = x509.load_pem_x509_certificate(
+        (runtime.settings.token.certs_dir / "root.pem").read_bytes()
+    )
+    token = bytearray(checkpoint.stamp)
+    token[-1] ^= 0x01  # the TSA's signature, not the imprint
+    flipped = Checkpoint(**{**checkpoint.__dict__, "stamp": bytes(token)})
+    digest = hashlib.sha256(checkpoint.message).digest()
+
+    assert "Verification: OK" in tsa.verify(checkpoint.stamp, digest)
+    assert "Verification: OK" not in tsa.verify(flipped.stamp or b"", digest)
+    assert checkpoint_problems(checkpoint, verifier(pli), trust_roots=[tsa_root]) == []
+    assert checkpoint_problems(flipped, verifier(pli)) == []  # the imprint only
+    (bad_signature,) = checkpoint_problems(
+        flipped, verifier(pli), trust_roots=[tsa_root]
+    )
+    assert bad_signature.startswith("checkpoint time stamp does not verify: ")
+    (untrusted,) = checkpoint_problems(
+        checkpoint, verifier(pli), trust_roots=[dev_root]
+    )
+    assert untrusted.startswith("checkpoint time stamp does not verify: ")
+
+
 def test_every_proof_is_anchored_in_a_checkpoint_and_verifies_offline(
     pli: Pli, two_letters: tuple[str, str], tmp_path: Path
 ) -> None:
