@@ -77,6 +77,12 @@ def _audit_verify(settings: Settings, args: argparse.Namespace) -> int:
     from pli.services.runtime import Runtime
 
     against = None
+    if args.against and args.no_projections:
+        print(
+            "pli: --against needs the log rebuilt; drop --no-projections",
+            file=sys.stderr,
+        )
+        return 2
     if args.against:
         try:
             against = read_checkpoint(Path(args.against).read_text(encoding="utf-8"))
@@ -94,6 +100,7 @@ def _audit_verify(settings: Settings, args: argparse.Namespace) -> int:
             against=against,
             progress=None if args.quiet else _progress,
             progress_every=args.progress_every,
+            projections=not args.no_projections,
         )
     finally:
         runtime.close()
@@ -338,6 +345,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     verify.add_argument(
         "--quiet", action="store_true", help="no progress lines on stderr"
+    )
+    verify.add_argument(
+        "--no-projections",
+        action="store_true",
+        help="check the stored events only (seals, links, stamps, keys); "
+        "rebuild no view and no log",
     )
     verify.add_argument(
         "--progress-every",
