@@ -79,6 +79,8 @@ test: setup
 
 bench: hsm
 	$(BIN)/python bench/deposit.py
+	$(BIN)/python bench/stamping.py
+	$(BIN)/python bench/audit.py
 
 clean:
 	rm -rf $(VENV) build proto/gen var
