@@ -18,7 +18,6 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-import pkcs11
 from asn1crypto import csr as asn1_csr
 from asn1crypto import keys as asn1_keys
 from cryptography import x509
@@ -38,6 +37,7 @@ from pli.hsm.provision import (
     _name,
     _sign_with_token,
     public_key_of,
+    store_certificate_object,
 )
 from pli.hsm.token import ROOT_KEY_LABEL, Token, TokenUnavailable
 
@@ -241,18 +241,7 @@ def _put_in_token(session: Any, label: str, leaf: x509.Certificate) -> None:
     query = {Attribute.CLASS: ObjectClass.CERTIFICATE, Attribute.LABEL: label}
     existing = list(session.get_objects(query))
     if not any(bytes(c[Attribute.VALUE]) == der for c in existing):
-        key = session.get_key(object_class=ObjectClass.PRIVATE_KEY, label=label)
-        session.create_object(
-            {
-                Attribute.CLASS: ObjectClass.CERTIFICATE,
-                Attribute.CERTIFICATE_TYPE: pkcs11.CertificateType.X_509,
-                Attribute.TOKEN: True,
-                Attribute.LABEL: label,
-                Attribute.ID: key[Attribute.ID],
-                Attribute.SUBJECT: leaf.subject.public_bytes(),
-                Attribute.VALUE: der,
-            }
-        )
+        store_certificate_object(session, leaf, label)
     kept = False
     for certificate in existing:
         if bytes(certificate[Attribute.VALUE]) == der and not kept:

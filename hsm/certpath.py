@@ -21,7 +21,12 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.x509.oid import ExtendedKeyUsageOID, ExtensionOID
 
-__all__ = ["BadCertificatePath", "check_tsa_certificate", "chain_to_anchor"]
+__all__ = [
+    "BadCertificatePath",
+    "chain_to_anchor",
+    "check_tsa_certificate",
+    "issued_by",
+]
 
 _MAX_CHAIN = 8
 # Critical extensions whose meaning is honoured here, or that restrict
@@ -75,11 +80,11 @@ def chain_to_anchor(
         for anchor in anchors:
             if current == anchor:
                 return anchor
-            if _issued_by(current, anchor):
+            if issued_by(current, anchor):
                 _check_issuer(anchor, at, below=len(path) - 1, anchor=True)
                 return anchor
         issuer = next(
-            (c for c in intermediates if c not in path and _issued_by(current, c)),
+            (c for c in intermediates if c not in path and issued_by(current, c)),
             None,
         )
         if issuer is None:
@@ -118,7 +123,8 @@ def _check_valid_at(certificate: x509.Certificate, at: dt.datetime) -> None:
         )
 
 
-def _issued_by(child: x509.Certificate, parent: x509.Certificate) -> bool:
+def issued_by(child: x509.Certificate, parent: x509.Certificate) -> bool:
+    """Whether ``parent`` signed ``child`` (names and signature agree)."""
     try:
         child.verify_directly_issued_by(parent)
     except (ValueError, TypeError, InvalidSignature, UnsupportedAlgorithm):

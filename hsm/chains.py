@@ -14,12 +14,12 @@ import datetime as dt
 import hashlib
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from pli.domain.key_ceremony import KeyRole
+from pli.hsm.certpath import issued_by
 
 __all__ = [
     "BrokenChain",
@@ -80,7 +80,7 @@ def is_development_chain(
     if root is None or not chain:
         return False
     last = chain[-1]
-    return last == root or _issued_by(last, root)
+    return last == root or issued_by(last, root)
 
 
 def read_chain(pem: bytes) -> list[x509.Certificate]:
@@ -92,14 +92,6 @@ def read_chain(pem: bytes) -> list[x509.Certificate]:
             "the file holds no PEM certificate (-----BEGIN CERTIFICATE-----)"
         ) from exc
     return chain
-
-
-def _issued_by(child: x509.Certificate, parent: x509.Certificate) -> bool:
-    try:
-        child.verify_directly_issued_by(parent)
-    except (ValueError, TypeError, InvalidSignature):
-        return False
-    return True
 
 
 def _is_ca(certificate: x509.Certificate) -> bool:
@@ -129,14 +121,14 @@ def check_chain(
         )
     links = zip(chain, chain[1:], strict=False)
     for position, (child, parent) in enumerate(links, start=1):
-        if not _is_ca(parent) or not _issued_by(child, parent):
+        if not _is_ca(parent) or not issued_by(child, parent):
             raise BrokenChain(
                 f"certificate {position} ({child.subject.rfc4514_string()}) is not "
                 f"issued by certificate {position + 1} "
                 f"({parent.subject.rfc4514_string()}), or that one is no CA"
             )
     last = chain[-1]
-    if last.issuer == last.subject and len(chain) > 1 and not _issued_by(last, last):
+    if last.issuer == last.subject and len(chain) > 1 and not issued_by(last, last):
         raise BrokenChain("the last certificate's self-signature does not verify")
     if not leaf.not_valid_before_utc <= at <= leaf.not_valid_after_utc:
         raise UnsuitableCertificate(

@@ -390,23 +390,29 @@ def _sign_with_token(
     return x509.load_der_x509_certificate(certificate.dump())
 
 
+def store_certificate_object(
+    session: Any, certificate: x509.Certificate, label: str
+) -> None:
+    """Put ``certificate`` in the token beside its key: same label, same id.
+
+    That is where pyHanko's PKCS#11 signer looks for a key's certificate.
+    """
+    key = session.get_key(object_class=ObjectClass.PRIVATE_KEY, label=label)
+    session.create_object(
+        {
+            Attribute.CLASS: ObjectClass.CERTIFICATE,
+            Attribute.CERTIFICATE_TYPE: pkcs11.CertificateType.X_509,
+            Attribute.TOKEN: True,
+            Attribute.LABEL: label,
+            Attribute.ID: key[Attribute.ID],
+            Attribute.SUBJECT: certificate.subject.public_bytes(),
+            Attribute.VALUE: certificate.public_bytes(serialization.Encoding.DER),
+        }
+    )
+
+
 def _store_certificate(
     token: Token, certificate: x509.Certificate, label: str, path: Path
 ) -> None:
-    def store(session: Any) -> None:
-        key = session.get_key(object_class=ObjectClass.PRIVATE_KEY, label=label)
-        der = certificate.public_bytes(serialization.Encoding.DER)
-        session.create_object(
-            {
-                Attribute.CLASS: ObjectClass.CERTIFICATE,
-                Attribute.CERTIFICATE_TYPE: pkcs11.CertificateType.X_509,
-                Attribute.TOKEN: True,
-                Attribute.LABEL: label,
-                Attribute.ID: key[Attribute.ID],
-                Attribute.SUBJECT: certificate.subject.public_bytes(),
-                Attribute.VALUE: der,
-            }
-        )
-
-    token.run(store)
+    token.run(lambda session: store_certificate_object(session, certificate, label))
     path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))

@@ -15,11 +15,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import NameOID
 
 from pli.domain.key_ceremony import KeyRole
+from pli.hsm.certpath import issued_by
 from pli.hsm.keys import ActiveKeyWatcher, installed_chain
 
 __all__ = [
@@ -95,14 +95,6 @@ def load_qualified_roots(
     return roots
 
 
-def _issued_by(child: x509.Certificate, parent: x509.Certificate) -> bool:
-    try:
-        child.verify_directly_issued_by(parent)
-    except (ValueError, TypeError, InvalidSignature):
-        return False
-    return True
-
-
 def is_qualified(
     chain: Sequence[x509.Certificate], qualified_roots: Sequence[x509.Certificate]
 ) -> bool:
@@ -114,10 +106,10 @@ def is_qualified(
     if not chain or not qualified_roots:
         return False
     for child, parent in zip(chain, chain[1:], strict=False):
-        if not _issued_by(child, parent):
+        if not issued_by(child, parent):
             return False
     last = chain[-1]
-    return any(last == root or _issued_by(last, root) for root in qualified_roots)
+    return any(last == root or issued_by(last, root) for root in qualified_roots)
 
 
 class RoleQualification:

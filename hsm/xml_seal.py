@@ -27,11 +27,11 @@ import hashlib
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from lxml import etree
 
+from pli.hsm.certpath import issued_by
 from pli.hsm.provision import ROOT_CERT_FILE, SEAL_CERT_FILE
 from pli.hsm.token import SEAL_KEY_LABEL, Token, TokenUnavailable
 
@@ -147,7 +147,7 @@ class XmlSealer:
         if self._chain is None:
             seal = self._load(SEAL_CERT_FILE)
             root = self._load(ROOT_CERT_FILE)
-            development = _issued_by(seal, root)
+            development = issued_by(seal, root)
             self._chain = ([seal, root] if development else [seal], development)
         return self._chain
 
@@ -157,12 +157,3 @@ class XmlSealer:
             return x509.load_pem_x509_certificate(path.read_bytes())
         except (OSError, ValueError) as exc:
             raise TokenUnavailable(f"certificate unreadable ({path})") from exc
-
-
-def _issued_by(certificate: x509.Certificate, issuer: x509.Certificate) -> bool:
-    """Whether ``issuer`` signed ``certificate`` (names and signature agree)."""
-    try:
-        certificate.verify_directly_issued_by(issuer)
-    except (ValueError, TypeError, InvalidSignature):
-        return False
-    return True
