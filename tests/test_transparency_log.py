@@ -320,7 +320,8 @@ def test_a_changed_anchor_names_the_event_and_its_position(
     where = f"event version 2 at log position {entry['position']}"
 
     path = list(entry["inclusion_path"])
-    entry["inclusion_path"] = [path[0][:-2] + "00", *path[1:]]
+    flipped = f"{int(path[0][-2:], 16) ^ 1:02x}"  # always a different byte
+    entry["inclusion_path"] = [path[0][:-2] + flipped, *path[1:]]
     assert verify_anchor(evidence, certificates) == [
         f"{where}: inclusion path does not lead to the root of the checkpoint "
         f"of size {evidence['log']['checkpoint']['size']}"  # type: ignore[index]
