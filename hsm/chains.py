@@ -30,7 +30,9 @@ __all__ = [
     "UnsuitableCertificate",
     "check_chain",
     "fingerprint",
+    "UntrustedChain",
     "is_development_chain",
+    "links_up_to",
     "read_chain",
     "spki_key_id",
 ]
@@ -38,6 +40,10 @@ __all__ = [
 
 class CertificateProblem(ValueError):
     """A certificate chain cannot be installed; nothing was changed."""
+
+
+class UntrustedChain(CertificateProblem):
+    """The chain does not lead to a root that the chain's users trust."""
 
 
 class UnreadableChain(CertificateProblem):
@@ -102,6 +108,23 @@ def _is_ca(certificate: x509.Certificate) -> bool:
     except x509.ExtensionNotFound:
         return False
     return constraints.value.ca
+
+
+def links_up_to(
+    chain: list[x509.Certificate], roots: list[x509.Certificate]
+) -> bool:
+    """Whether ``chain`` (leaf first) links up to one of ``roots``.
+
+    Every certificate must be issued by the next, and the last must be one of
+    the roots or be issued by one.
+    """
+    if not chain or not roots:
+        return False
+    for child, parent in zip(chain, chain[1:], strict=False):
+        if not issued_by(child, parent):
+            return False
+    last = chain[-1]
+    return any(last == root or issued_by(last, root) for root in roots)
 
 
 def check_chain(

@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import NameOID
 
 from pli.domain.key_ceremony import KeyRole
-from pli.hsm.certpath import issued_by
+from pli.hsm.chains import links_up_to
 from pli.hsm.keys import ActiveKeyWatcher, installed_chain
 
 __all__ = [
@@ -103,13 +103,7 @@ def is_qualified(
     The chain's last certificate must be one of the roots or be issued by
     one, and every certificate must be issued by the next.
     """
-    if not chain or not qualified_roots:
-        return False
-    for child, parent in zip(chain, chain[1:], strict=False):
-        if not issued_by(child, parent):
-            return False
-    last = chain[-1]
-    return any(last == root or issued_by(last, root) for root in qualified_roots)
+    return links_up_to(chain, list(qualified_roots))
 
 
 class RoleQualification:

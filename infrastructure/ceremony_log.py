@@ -51,11 +51,13 @@ class CeremonyLog:
         token: Token,
         clock: Clock,
         qualified_roots: list[x509.Certificate],
+        tsa_trust_roots: list[x509.Certificate] | None = None,
     ) -> None:
         self.app = app
         self.token = token
         self.clock = clock
         self.qualified_roots = qualified_roots
+        self.tsa_trust_roots = tsa_trust_roots or []
 
     @property
     def certs_dir(self) -> Path:

@@ -48,9 +48,11 @@ from pli.hsm.ceremony import (
 )
 from pli.hsm.chains import (
     NotTheTokenKey,
+    UntrustedChain,
     check_chain,
     fingerprint,
     is_development_chain,
+    links_up_to,
     read_chain,
     spki_key_id,
 )
@@ -193,6 +195,15 @@ class KeyCeremonies(CeremonyLog):
         if public_key is None:
             raise TokenUnavailable(f"the token holds no key {key.label}")
         check_chain(chain, public_key, role, key.label, self.clock.now())
+        trusted = self.tsa_trust_roots + self.qualified_roots
+        if role is KeyRole.TSA and not links_up_to(chain, trusted):
+            # The stamps of a key whose chain no trust anchor reaches would all
+            # be refused, and every stamped command would fail.
+            raise UntrustedChain(
+                "the chain does not lead to a root in PLI_TSA_TRUST or "
+                "PLI_QUALIFIED_ROOTS, so its time stamps would be refused; "
+                "add its root to PLI_TSA_TRUST first"
+            )
         activating = key.status is KeyStatus.PENDING
         seals_itself = self._seals_itself(role, can_certify=activating)
 

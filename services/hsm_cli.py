@@ -60,7 +60,11 @@ def _with_ceremonies(settings: Settings, act: Any) -> int:
         return 2
     try:
         ceremonies = KeyCeremonies(
-            runtime.letters, runtime.token, runtime.clock, runtime.qualified_roots
+            runtime.letters,
+            runtime.token,
+            runtime.clock,
+            runtime.qualified_roots,
+            settings.tsa.trust_roots(settings.token.certs_dir),
         )
         return int(act(ceremonies))
     except _REFUSALS as exc:

@@ -416,6 +416,23 @@ def test_a_tsa_certificate_without_the_critical_time_stamping_usage_is_refused(
     assert "id-kp-timeStamping" in refused_import(operator_home, "tsa", not_critical)
 
 
+def test_a_tsa_chain_that_no_trusted_root_reaches_is_refused(
+    operator_home: Home, ca: OperatorCa, tmp_path: Path
+) -> None:
+    csr = request(operator_home, "tsa", tmp_path / "tsa.csr")
+    chain = ca.issue(csr, tmp_path / "tsa.pem", TSA_EXTENSIONS)
+    leaf_alone = tmp_path / "leaf.pem"
+    leaf_alone.write_bytes(
+        x509.load_pem_x509_certificates(chain.read_bytes())[0].public_bytes(
+            Encoding.PEM
+        )
+    )
+
+    # Its stamps would all be refused, and every stamped command would fail.
+    assert "PLI_TSA_TRUST" in refused_import(operator_home, "tsa", chain)
+    assert "PLI_TSA_TRUST" in refused_import(operator_home, "tsa", leaf_alone)
+
+
 def test_garbage_a_missing_file_and_an_unknown_role_are_refused(
     operator_home: Home, tmp_path: Path
 ) -> None:
