@@ -29,6 +29,9 @@ import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+from eventsourcing.persistence import Notification
 
 from pli.compliance.bundle_events import record_of
 from pli.compliance.bundle_format import (
@@ -105,10 +108,47 @@ class _LogRange:
 def scan_log(
     letters: LetterApplication, period: Period, log_end: int
 ) -> Iterator[ScannedEvent]:
-    """Every event from the log's start to the period's end, in log order."""
+    """Every event from the log's start to the period's end, in log order.
+
+    The period is the stretch of the log from the first event recorded at or
+    after its start to the last event recorded before its end. Recorded times
+    do not follow commit order exactly (concurrent commands, a development
+    clock moved ahead), so an event recorded outside the period but stored
+    inside that stretch belongs to it: nothing is left out unseen.
+    """
+    first, last = _period_bounds(letters, period, log_end)
+    if first is None or last is None or last < first:
+        return
+    for notification, moment, facts in _decoded(letters, last):
+        record = record_of(
+            notification.id,
+            str(notification.originator_id),
+            notification.originator_version,
+            notification.topic,
+            notification.state,
+        )
+        yield ScannedEvent(record, moment, facts, in_period=notification.id >= first)
+
+
+def _period_bounds(
+    letters: LetterApplication, period: Period, log_end: int
+) -> tuple[int | None, int | None]:
+    """The store positions of the period's first and last events."""
+    first = last = None
+    for notification, moment, _ in _decoded(letters, log_end):
+        if first is None and moment >= period.start:
+            first = notification.id
+        if first is not None and moment < period.end:
+            last = notification.id
+    return first, last
+
+
+def _decoded(
+    letters: LetterApplication, log_end: int
+) -> Iterator[tuple[Notification, dt.datetime, dict[str, Any]]]:
+    """Each stored event up to ``log_end`` with its recorded time and payload."""
     recorder = letters.recorder
     transcoder = letters.mapper.transcoder
-    started = False
     start = 1
     while start <= log_end:
         try:
@@ -121,13 +161,6 @@ def scan_log(
         if not page:
             return
         for notification in page:
-            record = record_of(
-                notification.id,
-                str(notification.originator_id),
-                notification.originator_version,
-                notification.topic,
-                notification.state,
-            )
             try:
                 facts = transcoder.decode(split_state(notification.state)[1])
                 moment = aware(facts["timestamp"])
@@ -136,10 +169,7 @@ def scan_log(
                     f"the event at log position {notification.id} cannot be "
                     "decoded; run `pli audit verify`"
                 ) from exc
-            started = started or moment >= period.start
-            if started and moment >= period.end:
-                return
-            yield ScannedEvent(record, moment, facts, in_period=started)
+            yield notification, moment, facts
         start = page[-1].id + 1
 
 

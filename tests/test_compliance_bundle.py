@@ -41,6 +41,7 @@ from pli.infrastructure.settings import Settings
 from pli.services.server import start_server
 from pli.v1 import compliance_pb2 as cpb
 from pli.v1 import compliance_pb2_grpc
+from pli.v1 import letters_pb2 as pb
 
 from conftest import T0, Pli, connect
 from frontend import Frontend
@@ -1079,3 +1080,38 @@ def test_a_removed_key_ceremony_event_is_named(pli: Pli, tmp_path: Path) -> None
     verification = verify_bundle(write_archive(tmp_path / "damaged.zip", files))
 
     assert named(verification, "[key ceremony] key-ceremony.jsonl line 1", "version 2")
+
+
+def test_an_event_recorded_past_the_period_does_not_cut_it_short(
+    pli: Pli, settings: Settings, tmp_path: Path
+) -> None:
+    # A development clock moved ahead (as `pli expire --at` does) records an
+    # event past the period in the middle of the log; what follows it, back
+    # inside the period, must still be in the bundle.
+    front = Frontend(pli)
+    ere = {"kind": pb.LETTER_KIND_ERE, "second_factor_code": ""}
+    first = front.deposit(**ere)
+    pli.clock.advance(dt.timedelta(days=30))
+    ahead = front.deposit(**ere)
+    pli.clock.advance(-dt.timedelta(days=30) + dt.timedelta(hours=1))
+    after = front.deposit(**ere)
+    pli.run_processes()
+    bundle = tmp_path / "day.zip"
+
+    done = cli(
+        pli_env(settings),
+        "export",
+        "--from",
+        instant(T0 - dt.timedelta(hours=1)),
+        "--to",
+        instant(T0 + dt.timedelta(days=1)),
+        str(bundle),
+    )
+
+    assert done.returncode == 0, done.stderr
+    verification = verify_bundle(bundle)
+    assert verification.clean, faults(verification)
+    aggregates = {
+        json.loads(line)["aggregate"] for line in event_lines(members(bundle))
+    }
+    assert {first.letter_id, ahead.letter_id, after.letter_id} <= aggregates
