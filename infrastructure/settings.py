@@ -164,6 +164,10 @@ class Settings:
             poll_interval = float(interval)
         except ValueError as exc:
             raise SettingsError(f"PLI_POLL_INTERVAL={interval!r} is no number") from exc
+        if not poll_interval > 0:
+            raise SettingsError(
+                f"PLI_POLL_INTERVAL={interval!r} must be a positive number of seconds"
+            )
         return cls(
             home=home,
             database_url=os.environ.get("PLI_DATABASE_URL", ""),

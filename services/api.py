@@ -560,14 +560,23 @@ class LetterServicer(_LetterMessages):
         after = _page_key(request.page_token, _query_digest(request))
         if request.page_token and after is None:
             problems.append(("page_token", "is not a token this service issued"))
+        bounds = {}
+        for name in ("deposited_from", "deposited_before"):
+            try:
+                bounds[name] = _iso_or_none(request, name)
+            except (ValueError, OverflowError):
+                problems.append((name, "is not a valid timestamp"))
+        start, end = bounds.get("deposited_from"), bounds.get("deposited_before")
+        if start is not None and end is not None and end <= start:
+            problems.append(("deposited_before", "must be after deposited_from"))
         if problems:
             abort_invalid(context, problems)
         limit = request.page_size or _DEFAULT_PAGE
         ids = self.views.sender_page(
             str(UUID(request.sender_account_id)),
             states=[_STATES[s].value for s in request.states],
-            deposited_from=_iso_or_none(request, "deposited_from"),
-            deposited_before=_iso_or_none(request, "deposited_before"),
+            deposited_from=start,
+            deposited_before=end,
             after=after,
             limit=limit + 1,
         )

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from google.protobuf import timestamp_pb2
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
@@ -491,6 +492,25 @@ def test_rule_senders_list_their_letters_by_state_and_date_a_page_at_a_time(
         other_query.page_token = first.next_page_token
         error = error_of(front.pli.letters.ListLetters, other_query)
         assert "page_token" in error.details()
+
+
+def test_a_list_with_an_impossible_or_inverted_date_range_is_refused(
+    front: Frontend,
+) -> None:
+    sender = front.sender()
+    far = timestamp_pb2.Timestamp(seconds=2**62)
+    now = timestamp_pb2.Timestamp()
+    now.FromDatetime(front.pli.clock.now())
+    for request, field in (
+        (pb.ListLettersRequest(sender_account_id=sender.account_id,
+                               deposited_from=far), "deposited_from"),
+        (pb.ListLettersRequest(sender_account_id=sender.account_id,
+                               deposited_from=now, deposited_before=now),
+         "deposited_before"),
+    ):  # fmt: skip
+        error = error_of(front.pli.letters.ListLetters, request)
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert field in error.details()
 
 
 def watch(front: Frontend, account_id: str, after: int, count: int) -> list:  # type: ignore[type-arg]
