@@ -236,6 +236,9 @@ class AuditServicer:
             return checkpoint
         checkpoint = self.log.checkpoint(size)
         if checkpoint is None:
+            held = self.log.size()
+            if size > held:
+                _out_of_range(context, "tree_size", held)
             _not_found(context, str(size), "no checkpoint has this tree size")
         return checkpoint
 

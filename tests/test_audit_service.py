@@ -144,9 +144,12 @@ def test_get_checkpoint_of_an_unknown_size_is_not_found(
         audit.GetCheckpoint, apb.GetCheckpointRequest(tree_size=size + 1)
     )
     negative = error_of(audit.GetCheckpoint, apb.GetCheckpointRequest(tree_size=-3))
+    beyond = error_of(audit.GetCheckpoint, apb.GetCheckpointRequest(tree_size=10**12))
 
     assert none_yet.code() == grpc.StatusCode.NOT_FOUND
-    assert unknown.code() == grpc.StatusCode.NOT_FOUND
+    assert unknown.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.OUT_OF_RANGE)
+    assert beyond.code() == grpc.StatusCode.OUT_OF_RANGE
+    assert violations(beyond) == ["tree_size"]
     assert negative.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert violations(negative) == ["tree_size"]
 
