@@ -114,14 +114,20 @@ def _audit_verify(settings: Settings, args: argparse.Namespace) -> int:
     extends = ""
     if against is not None and report.clean:
         extends = f", extends the auditor's checkpoint of size {against.size}"
+    if args.no_projections:
+        rebuilt = "no projection rebuilt (--no-projections)"
+        letters = ""
+    else:
+        rebuilt = (
+            f"{report.views_compared} views compared, "
+            f"{report.log_leaves} log leaves and {report.checkpoints} checkpoints "
+            f"({report.checkpoint_stamps} time-stamped) checked"
+        )
+        letters = f" ({report.letters} letters)"
     print(
-        f"audit: {report.events} events of {report.aggregates} aggregates "
-        f"({report.letters} letters) checked, "
-        f"{_stamps_and_keys(report)}, "
-        f"{report.views_compared} views compared, "
-        f"{report.log_leaves} log leaves and {report.checkpoints} checkpoints "
-        f"({report.checkpoint_stamps} time-stamped) "
-        f"checked{extends}: {verdict}"
+        f"audit: {report.events} events of {report.aggregates} aggregates"
+        f"{letters} checked, {_stamps_and_keys(report)}, {rebuilt}{extends}: "
+        f"{verdict}"
     )
     return 0 if report.clean else 1
 
