@@ -6,7 +6,7 @@ import os
 import tempfile
 from pathlib import Path
 
-__all__ = ["write_atomically"]
+__all__ = ["write_atomically", "write_new"]
 
 
 def write_atomically(path: Path, data: bytes) -> None:
@@ -31,3 +31,21 @@ def write_atomically(path: Path, data: bytes) -> None:
         os.fsync(directory)
     finally:
         os.close(directory)
+
+
+def write_new(path: Path, data: bytes) -> None:
+    """Write ``data`` to a new file at ``path``, whole or not at all.
+
+    For files a person names (an auditor's checkpoint, a certificate
+    request): an existing file is never replaced (FileExistsError) and a
+    missing folder is not created (FileNotFoundError).
+    """
+    descriptor, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(descriptor, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.link(tmp_name, path)  # fails if the path exists
+    finally:
+        Path(tmp_name).unlink(missing_ok=True)

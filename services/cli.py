@@ -20,7 +20,7 @@ from pli.hsm.qualification import QualificationError
 from pli.hsm.token import TokenUnavailable
 from pli.infrastructure.checkpointer import EmptyLog
 from pli.infrastructure.checkpoints import MalformedCheckpoint
-from pli.infrastructure.files import write_atomically
+from pli.infrastructure.files import write_new
 from pli.infrastructure.settings import Settings, SettingsError
 from pli.services.hsm_cli import add_hsm_commands
 
@@ -199,6 +199,12 @@ def _positive(text: str) -> int:
 def _log_checkpoint(settings: Settings, args: argparse.Namespace) -> int:
     from pli.services.runtime import Runtime
 
+    if args.out:
+        out = Path(args.out)
+        if out.exists() or not out.parent.is_dir():
+            reason = "it exists" if out.exists() else "its folder does not exist"
+            print(f"pli: will not write {args.out}: {reason}", file=sys.stderr)
+            return 2
     runtime = Runtime.open(settings)
     try:
         appended = runtime.log_appender.run_until_idle()
@@ -210,7 +216,11 @@ def _log_checkpoint(settings: Settings, args: argparse.Namespace) -> int:
         runtime.close()
     document = json.dumps(checkpoint.to_json(), indent=2) + "\n"
     if args.out:
-        write_atomically(Path(args.out), document.encode())
+        try:
+            write_new(Path(args.out), document.encode())
+        except OSError as exc:
+            print(f"pli: cannot write {args.out}: {exc.strerror}", file=sys.stderr)
+            return 2
     else:
         print(document, end="")
     print(

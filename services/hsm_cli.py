@@ -25,6 +25,7 @@ from pli.hsm.keys import read_active_keys
 from pli.hsm.provision import initialise_token
 from pli.hsm.qualification import QualificationError
 from pli.infrastructure.event_store import ConcurrentChange
+from pli.infrastructure.files import write_new
 from pli.infrastructure.key_ceremonies import KeyCeremonies
 from pli.infrastructure.settings import Settings
 
@@ -98,9 +99,13 @@ def _csr(settings: Settings, args: argparse.Namespace) -> int:
         )
         if args.out == "-":
             sys.stdout.write(pem.decode())
-        else:
-            Path(args.out).write_bytes(pem)
-            print(f"request for key {key.label} ({key.status}) written to {args.out}")
+            return 0
+        try:
+            write_new(Path(args.out), pem)
+        except OSError as exc:
+            print(f"pli: cannot write {args.out}: {exc.strerror}", file=sys.stderr)
+            return 2
+        print(f"request for key {key.label} ({key.status}) written to {args.out}")
         return 0
 
     return _with_ceremonies(settings, request)

@@ -345,6 +345,25 @@ def test_csr_refuses_a_subject_it_cannot_read(tmp_path: Path) -> None:
     assert not (tmp_path / "x.csr").exists() and not (tmp_path / "y.csr").exists()
 
 
+def test_csr_writes_a_new_file_only(tmp_path: Path) -> None:
+    home = new_home(tmp_path)
+    taken = tmp_path / "taken.csr"
+    taken.write_bytes(b"keep me")
+
+    over = home.pli(
+        "hsm", "csr", "--key", "seal", "--subject", "CN=Example seal",
+        str(taken), ok=False,
+    )  # fmt: skip
+    nowhere = home.pli(
+        "hsm", "csr", "--key", "seal", "--subject", "CN=Example seal",
+        str(tmp_path / "no" / "such.csr"), ok=False,
+    )  # fmt: skip
+
+    assert over.returncode == 2 and "File exists" in over.stderr
+    assert nowhere.returncode == 2 and "No such file" in nowhere.stderr
+    assert taken.read_bytes() == b"keep me"
+
+
 # pli hsm import-cert: refusals
 
 

@@ -369,6 +369,14 @@ def test_pli_log_checkpoint_brings_the_log_up_to_date_and_writes_json(
     assert checkpoint.root == mth(stored_leaf_data(pli))
     assert checkpoint_problems(checkpoint, verifier(pli)) == []
     assert pli.runtime.log.latest_checkpoint() == checkpoint
+    # An auditor's saved checkpoint is never replaced, nor a folder made up.
+    again = pli_command(pli, "log", "checkpoint", "--out", str(out))
+    nowhere = pli_command(
+        pli, "log", "checkpoint", "--out", str(tmp_path / "no" / "such.json")
+    )
+    assert again.returncode == 2 and "it exists" in again.stderr
+    assert nowhere.returncode == 2 and "folder does not exist" in nowhere.stderr
+    assert Checkpoint.from_json(json.loads(out.read_text())) == checkpoint
 
 
 @pytest.mark.parametrize("value", ["soon", "0", "-5", "inf", "nan"])
