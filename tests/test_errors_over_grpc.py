@@ -10,6 +10,7 @@ from dataclasses import replace
 import grpc
 import pytest
 from google.rpc import error_details_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
 
 from pli.infrastructure.settings import Settings
@@ -645,6 +646,12 @@ def started(settings: Settings, clock) -> Iterator[Pli]:  # type: ignore[no-unty
         running.stop(grace=0)
 
 
+def health_of(client: Pli, service: str) -> str:
+    stub = health_pb2_grpc.HealthStub(client.channel)
+    answer = stub.Check(health_pb2.HealthCheckRequest(service=service))
+    return health_pb2.HealthCheckResponse.ServingStatus.Name(answer.status)
+
+
 def assert_unavailable_and_nothing_stored(
     settings: Settings,
     broken: Settings,
@@ -655,7 +662,12 @@ def assert_unavailable_and_nothing_stored(
         front = Frontend(good)
         sender = front.sender()
         events = good.event_count()
+        assert health_of(good, "") == "SERVING"
     with started(broken, clock) as client:
+        # Load balancers see it: what seals is NOT_SERVING, the audit serves.
+        assert health_of(client, "") == "NOT_SERVING"
+        assert health_of(client, "pli.v1.LetterService") == "NOT_SERVING"
+        assert health_of(client, "pli.v1.AuditService") == "SERVING"
         front = Frontend(client, senders={"sci-exemple": sender})
         requests = [
             (client.letters.DepositLetter, front.deposit_request()),
