@@ -16,7 +16,7 @@ from pli.compliance.bundle_events import seal_problem
 from pli.compliance.bundle_format import KEY_CEREMONY, EventRecord, MalformedLine
 from pli.compliance.bundle_io import BundleWriter, ScannedEvent, UnreadableMember
 from pli.compliance.bundle_sources import CheckSource, ExportSource
-from pli.domain.key_ceremony import KeyRegistry
+from pli.compliance.ceremony_replay import CeremonyReplay
 from pli.infrastructure.envelope import GENESIS, MalformedEnvelope
 
 __all__ = ["KeyCeremonyChecker", "KeyCeremonyExporter", "is_key_ceremony"]
@@ -24,12 +24,9 @@ __all__ = ["KeyCeremonyChecker", "KeyCeremonyExporter", "is_key_ceremony"]
 PART = "key ceremony"
 
 
-_CEREMONY_MODULE = KeyRegistry.__module__
-
-
 def is_key_ceremony(topic: str) -> bool:
     """Whether an event topic belongs to the key ceremony log."""
-    return topic.partition(":")[0] == _CEREMONY_MODULE
+    return CeremonyReplay.is_ceremony(topic)
 
 
 class KeyCeremonyExporter:

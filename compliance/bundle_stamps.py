@@ -18,21 +18,20 @@ from __future__ import annotations
 
 import datetime as dt
 
-from eventsourcing.utils import get_topic
-
 from pli.compliance.bundle_format import EVENTS, EventRecord, iso_utc
 from pli.compliance.bundle_io import BundleWriter, ScannedEvent
 from pli.compliance.bundle_sources import CheckSource, ExportSource
 from pli.hsm.timestamp import BadTimeStamp
 from pli.infrastructure.envelope import MalformedEnvelope
-from pli.infrastructure.letters import LEGALLY_TIMED_EVENTS
+from pli.infrastructure.letters import LetterApplication
 from pli.infrastructure.stamping import EventStampChecker
 
 __all__ = ["LEGALLY_TIMED_TOPICS", "TimeStampsChecker", "TimeStampsExporter"]
 
 PART = "time stamps"
 
-LEGALLY_TIMED_TOPICS = frozenset(get_topic(event) for event in LEGALLY_TIMED_EVENTS)
+# The topics the event store stamps as it seals.
+LEGALLY_TIMED_TOPICS = LetterApplication.stamped_topics
 
 
 class TimeStampsExporter:

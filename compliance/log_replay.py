@@ -266,18 +266,25 @@ class LogReplay:
             )
 
     def _check_consistency(self, first: Checkpoint, second: Checkpoint) -> None:
+        problem = self._consistency_problem(
+            first, second, f"not consistent with the checkpoint of size {first.size}"
+        )
+        if problem is not None:
+            self._checkpoint_fault(second, problem)
+
+    def _consistency_problem(
+        self, first: Checkpoint, second: Checkpoint, differs: str
+    ) -> str | None:
+        """None when ``second`` extends ``first``; else why not."""
         try:
             proof = self.log.consistency_proof(first.size, second.size)
         except merkle.TreeRangeError as exc:
-            self._checkpoint_fault(second, f"no consistency proof: {exc}")
-            return
-        if not merkle.verify_consistency(
+            return f"no consistency proof: {exc}"
+        if merkle.verify_consistency(
             first.size, second.size, first.root, second.root, proof
         ):
-            self._checkpoint_fault(
-                second,
-                f"not consistent with the checkpoint of size {first.size}",
-            )
+            return None
+        return differs
 
     def _checkpoint_fault(self, checkpoint: Checkpoint, reason: str) -> None:
         size = checkpoint.size
@@ -316,18 +323,13 @@ class LogReplay:
         latest = self._previous
         if latest is None or latest.size < against.size:
             return
-        try:
-            proof = self.log.consistency_proof(against.size, latest.size)
-        except merkle.TreeRangeError as exc:
-            self._against_fault(against, f"no consistency proof: {exc}")
-            return
-        if not merkle.verify_consistency(
-            against.size, latest.size, against.root, latest.root, proof
-        ):
-            self._against_fault(
-                against,
-                f"the latest checkpoint (size {latest.size}) does not extend it",
-            )
+        problem = self._consistency_problem(
+            against,
+            latest,
+            f"the latest checkpoint (size {latest.size}) does not extend it",
+        )
+        if problem is not None:
+            self._against_fault(against, problem)
 
     def _against_fault(self, against: Checkpoint, reason: str) -> None:
         self.report(

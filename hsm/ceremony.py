@@ -31,12 +31,12 @@ from pli.hsm.chains import fingerprint
 from pli.hsm.keys import DEFAULT_LABELS, certificate_file, chain_file
 from pli.hsm.provision import (
     ROOT_CERT_FILE,
-    _base_builder,
-    _generate_ec_key,
-    _key_usage,
-    _name,
-    _sign_with_token,
+    base_builder,
+    dev_name,
+    generate_ec_key,
+    key_usage,
     public_key_of,
+    sign_with_token,
     store_certificate_object,
 )
 from pli.hsm.token import ROOT_KEY_LABEL, Token, TokenUnavailable
@@ -97,7 +97,7 @@ def generate_key(token: Token, label: str) -> ec.EllipticCurvePublicKey:
     def generate(session: Any) -> ec.EllipticCurvePublicKey:
         if list(session.get_objects({Attribute.LABEL: label})):
             raise TokenUnavailable(f"the token already holds objects labelled {label}")
-        _generate_ec_key(session, label)
+        generate_ec_key(session, label)
         return public_key_of(session, label)
 
     return token.run(generate)
@@ -114,7 +114,7 @@ def development_root(certs_dir: Path) -> x509.Certificate | None:
 def _role_name(role: KeyRole, label: str) -> x509.Name:
     what = {KeyRole.SEAL: "seal", KeyRole.TSA: "time-stamping unit"}[role]
     suffix = "" if label == DEFAULT_LABELS[role] else f" {label}"
-    return _name(f"pli development {what}{suffix} (non-qualified)")
+    return dev_name(f"pli development {what}{suffix} (non-qualified)")
 
 
 def issue_development_certificate(
@@ -125,9 +125,9 @@ def issue_development_certificate(
     if root is None:
         raise TokenUnavailable("no development root; run pli hsm init")
     builder = (
-        _base_builder(_role_name(role, label), root.subject, public_key)
+        base_builder(_role_name(role, label), root.subject, public_key)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), True)
-        .add_extension(_key_usage(cert_sign=False), critical=True)
+        .add_extension(key_usage(cert_sign=False), critical=True)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), False)
         .add_extension(
             x509.AuthorityKeyIdentifier.from_issuer_public_key(root.public_key()),
@@ -138,7 +138,7 @@ def issue_development_certificate(
         builder = builder.add_extension(
             x509.ExtendedKeyUsage([ExtendedKeyUsageOID.TIME_STAMPING]), critical=True
         )
-    return _sign_with_token(token, builder, ROOT_KEY_LABEL)
+    return sign_with_token(token, builder, ROOT_KEY_LABEL)
 
 
 def _subject(text: str) -> x509.Name:
@@ -190,7 +190,7 @@ def certification_request(
 def _requested_extensions(role: KeyRole) -> list[tuple[x509.ExtensionType, bool]]:
     extensions: list[tuple[x509.ExtensionType, bool]] = [
         (x509.BasicConstraints(ca=False, path_length=None), True),
-        (_key_usage(cert_sign=False), True),
+        (key_usage(cert_sign=False), True),
     ]
     if role is KeyRole.TSA:
         extensions.append(

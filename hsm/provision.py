@@ -80,7 +80,7 @@ def initialise_token(config: TokenConfig) -> list[str]:
         with token.session() as session:
             for label in (ROOT_KEY_LABEL, SEAL_KEY_LABEL, TSA_KEY_LABEL):
                 if not token.has_private_key(session, label):
-                    _generate_ec_key(session, label)
+                    generate_ec_key(session, label)
                     created.append(f"key {label} (EC P-256, non-extractable)")
             if not has_secret_key(session, SECRETS_KEY_LABEL):
                 generate_secrets_key(session, SECRETS_KEY_LABEL)
@@ -145,7 +145,8 @@ def _create_token(config: TokenConfig) -> list[str]:
     return [f"SoftHSM2 token {config.token_label}"]
 
 
-def _generate_ec_key(session: Any, label: str) -> None:
+def generate_ec_key(session: Any, label: str) -> None:
+    """Generate a non-extractable EC P-256 key pair in the token under ``label``."""
     params = session.create_domain_parameters(
         KeyType.EC,
         {Attribute.EC_PARAMS: encode_named_curve_parameters("secp256r1")},
@@ -181,16 +182,16 @@ def _issue_certificates(token: Token, config: TokenConfig) -> list[str]:
         root_public = public_key_of(session, ROOT_KEY_LABEL)
 
     if not root_path.exists():
-        name = _name("pli development root CA (non-qualified)")
-        builder = _base_builder(name, name, root_public).add_extension(
+        name = dev_name("pli development root CA (non-qualified)")
+        builder = base_builder(name, name, root_public).add_extension(
             x509.BasicConstraints(ca=True, path_length=0), critical=True
         )
         builder = builder.add_extension(
-            _key_usage(cert_sign=True), critical=True
+            key_usage(cert_sign=True), critical=True
         ).add_extension(
             x509.SubjectKeyIdentifier.from_public_key(root_public), critical=False
         )
-        root = _sign_with_token(token, builder, ROOT_KEY_LABEL)
+        root = sign_with_token(token, builder, ROOT_KEY_LABEL)
         _store_certificate(token, root, ROOT_KEY_LABEL, root_path)
         created.append(f"development root certificate {root_path}")
 
@@ -210,14 +211,14 @@ def _issue_certificates(token: Token, config: TokenConfig) -> list[str]:
             continue
         with token.session() as session:
             public_key = public_key_of(session, label)
-        builder = _leaf_builder(_name(common_name), public_key, root)
+        builder = _leaf_builder(dev_name(common_name), public_key, root)
         if purposes:
             # RFC 3161 §2.3: a TSA certificate has exactly this one purpose,
             # and the extension is critical.
             builder = builder.add_extension(
                 x509.ExtendedKeyUsage(list(purposes)), critical=True
             )
-        leaf = _sign_with_token(token, builder, ROOT_KEY_LABEL)
+        leaf = sign_with_token(token, builder, ROOT_KEY_LABEL)
         _store_certificate(token, leaf, label, path)
         created.append(f"development certificate {path}")
     return created
@@ -233,9 +234,9 @@ def _leaf_builder(
         crl_issuer=None,
     )
     return (
-        _base_builder(subject, root.subject, public_key)
+        base_builder(subject, root.subject, public_key)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), True)
-        .add_extension(_key_usage(cert_sign=False), critical=True)
+        .add_extension(key_usage(cert_sign=False), critical=True)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), False)
         .add_extension(
             x509.AuthorityKeyIdentifier.from_issuer_public_key(root.public_key()),
@@ -314,7 +315,8 @@ def _crl_number(crl: x509.CertificateRevocationList) -> int:
         return 0
 
 
-def _name(common_name: str) -> x509.Name:
+def dev_name(common_name: str) -> x509.Name:
+    """A subject name of the development chain."""
     return x509.Name(
         [
             x509.NameAttribute(NameOID.COUNTRY_NAME, "FR"),
@@ -324,7 +326,8 @@ def _name(common_name: str) -> x509.Name:
     )
 
 
-def _key_usage(*, cert_sign: bool) -> x509.KeyUsage:
+def key_usage(*, cert_sign: bool) -> x509.KeyUsage:
+    """Key usage of a CA (certificates and CRLs) or of a signing leaf."""
     return x509.KeyUsage(
         digital_signature=not cert_sign,
         content_commitment=not cert_sign,
@@ -356,9 +359,10 @@ def development_validity_start(now: dt.datetime) -> dt.datetime:
     return min(start, now - dt.timedelta(minutes=5))
 
 
-def _base_builder(
+def base_builder(
     subject: x509.Name, issuer: x509.Name, public_key: ec.EllipticCurvePublicKey
 ) -> x509.CertificateBuilder:
+    """A certificate builder with the development chain's validity and a serial."""
     now = dt.datetime.now(dt.UTC).replace(microsecond=0)
     return (
         x509.CertificateBuilder()
@@ -371,9 +375,10 @@ def _base_builder(
     )
 
 
-def _sign_with_token(
+def sign_with_token(
     token: Token, builder: x509.CertificateBuilder, key_label: str
 ) -> x509.Certificate:
+    """Sign a certificate with the token's ``key_label`` key."""
     # cryptography cannot call out to a token to sign, so it signs the
     # to-be-signed part with a throwaway key of the same algorithm; the token
     # then signs those exact bytes and the throwaway signature is discarded.

@@ -152,7 +152,6 @@ class Settings:
     desk_refuse_url_template: str = DEFAULT_REFUSE_URL
     smtp: SmtpSettings | None = None
     tsa: TsaSettings = field(default_factory=TsaSettings)
-    qualified_roots: Path | None = None
     checkpoint_interval: float = 300.0
 
     @classmethod
@@ -185,7 +184,6 @@ class Settings:
             desk_refuse_url_template=_desk_template("REFUSE", DEFAULT_REFUSE_URL),
             smtp=_smtp_settings(),
             tsa=TsaSettings.from_env(),
-            qualified_roots=_optional_path("PLI_QUALIFIED_ROOTS"),
             checkpoint_interval=_checkpoint_interval(),
         )
 

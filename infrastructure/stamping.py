@@ -220,6 +220,7 @@ class EventStampChecker:
         self.qualified_roots = list(qualified_roots)
         self.remembered = remembered
         self._outcomes: OrderedDict[bytes, StampInfo | str] = OrderedDict()
+        self._outcomes_lock = threading.Lock()  # processes and calls share it
 
     def check(self, envelope: Envelope, message: bytes) -> StampInfo:
         """The event's checked stamp; raises :class:`BadTimeStamp`."""
@@ -227,14 +228,16 @@ class EventStampChecker:
         assert envelope.stamp is not None
         token = envelope.stamp.token
         key = hashlib.sha256(token).digest()
-        outcome = self._outcomes.get(key)
+        with self._outcomes_lock:
+            outcome = self._outcomes.get(key)
+            if outcome is not None:
+                self._outcomes.move_to_end(key)
         if outcome is None:
             outcome = self._check_token(token, root)
-            self._outcomes[key] = outcome
-            if len(self._outcomes) > self.remembered:
-                self._outcomes.popitem(last=False)
-        else:
-            self._outcomes.move_to_end(key)
+            with self._outcomes_lock:
+                self._outcomes[key] = outcome
+                if len(self._outcomes) > self.remembered:
+                    self._outcomes.popitem(last=False)
         if isinstance(outcome, str):
             raise BadTimeStamp(outcome)
         return outcome

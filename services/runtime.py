@@ -82,7 +82,8 @@ class Runtime:
         """Connect to the event store and the token (lazily) and wire it all."""
         clock = clock or SystemClock()
         qualified_roots = load_qualified_roots(
-            settings.qualified_roots, development_root(settings.token.certs_dir)
+            settings.tsa.qualified_roots_file,
+            development_root(settings.token.certs_dir),
         )
         token = Token(settings.token)
         stamps = time_stamp_source(settings, token, clock)
@@ -117,7 +118,7 @@ class Runtime:
         stamped_times = StampedTimes(
             letters,
             settings.tsa.trust_roots(settings.token.certs_dir),
-            settings.tsa.qualified_roots(),
+            qualified_roots,
         )
         issuer = EvidenceIssuer(
             settings.provider_name,

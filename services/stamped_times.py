@@ -20,7 +20,7 @@ from pli.hsm.timestamp import BadTimeStamp, StampInfo
 from pli.infrastructure.envelope import Envelope, seal_message
 from pli.infrastructure.event_store import BrokenHistory
 from pli.infrastructure.letters import LetterApplication
-from pli.infrastructure.stamping import check_event_stamp
+from pli.infrastructure.stamping import EventStampChecker
 from pli.services.etsi_evidence import EvidenceTime, recorded_time
 
 __all__ = ["StampedTimes", "stamp_source"]
@@ -44,8 +44,9 @@ class StampedTimes:
         qualified_roots: Sequence[x509.Certificate] = (),
     ) -> None:
         self.letters = letters
-        self.trust_roots = list(trust_roots)
-        self.qualified_roots = list(qualified_roots)
+        self.checker = EventStampChecker(
+            trust_roots=trust_roots, qualified_roots=qualified_roots
+        )
 
     def of_event(self, event: Any) -> EvidenceTime:
         """The stated time of a domain event (it knows its letter and version)."""
@@ -78,12 +79,7 @@ class StampedTimes:
             envelope.previous,
         )
         try:
-            return check_event_stamp(
-                envelope,
-                message,
-                trust_roots=self.trust_roots,
-                qualified_roots=self.qualified_roots,
-            )
+            return self.checker.check(envelope, message)
         except BadTimeStamp as bad:
             # A stored stamp that does not check is a broken history.
             raise BrokenHistory(
